@@ -1,0 +1,41 @@
+# Everything this project needs is installed by these targets, from nothing but
+# Python 3.11+ and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Serve on :8080 the way production does (gunicorn), on the embedded SQLite.
+run: $(STAMP)
+	$(BIN)/webhook-service init-env
+	$(BIN)/webhook-service db upgrade
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/webhook-service serve
+
+## Lint, format check, type check, then the whole suite on SQLite and PostgreSQL.
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check webhook_service tests fixtures bench
+	$(BIN)/ruff format --check webhook_service tests fixtures bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -n 2 --dist loadgroup -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

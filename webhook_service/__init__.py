@@ -1,0 +1,1 @@
+"""NAT billing webhook service: Stripe webhooks in, monthly scan quotas out."""

@@ -1,0 +1,406 @@
+"""`webhook-service`: serve, migrate, replay fixtures, inspect and repair the event log."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import stripe
+from dotenv import find_dotenv, load_dotenv
+
+from webhook_service.config import ConfigError, Settings, load_settings, redact_url
+from webhook_service.db import Database
+from webhook_service.handlers import build_router
+from webhook_service.logging import configure_logging
+from webhook_service.migrate import upgrade
+from webhook_service.quotas.service import QuotaService
+from webhook_service.quotas.tenants import API_KEY_RE, CUSTOMER_ID_RE, TENANT_ID_RE
+from webhook_service.webhooks.eventlog import EventFailed, EventLog
+
+_DURATION_RE = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(value: str) -> timedelta:
+    """``90d``, ``12h``, ``30m``, ``45s``."""
+    match = _DURATION_RE.match(value.strip())
+    if not match:
+        raise click.BadParameter(f"{value!r} is not a duration like 90d, 12h, 30m or 45s")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+class Context:
+    """Settings and the database, opened on first use (so --help needs neither)."""
+
+    def __init__(self) -> None:
+        self._settings: Settings | None = None
+        self._database: Database | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            try:
+                self._settings = load_settings()
+            except ConfigError as exc:
+                fail(f"configuration error: {exc}")
+            configure_logging(self._settings.log_format, "warning")
+        return self._settings
+
+    @property
+    def database(self) -> Database:
+        if self._database is None:
+            self._database = Database(self.settings.database_url, pool=False)
+        return self._database
+
+    def event_log(self) -> EventLog:
+        return EventLog(self.database, build_router(), self.settings.catalog)
+
+    def quota_service(self) -> QuotaService:
+        return QuotaService(self.database, self.settings.catalog)
+
+
+pass_context = click.make_pass_decorator(Context, ensure=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+@click.group()
+@click.version_option(package_name="nat-webhook-service")
+def cli() -> None:
+    """NAT billing webhook service."""
+
+
+@cli.command()
+@pass_context
+def serve(ctx: Context) -> None:
+    """Run the production server (gunicorn, the Procfile's settings)."""
+    settings = ctx.settings  # validate before gunicorn starts its workers
+    click.echo(
+        f"serving on :{settings.port} with {settings.web_concurrency} workers, "
+        f"database {redact_url(settings.database_url)}",
+        err=True,
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        "python:webhook_service.gunicorn_config",
+        "webhook_service.app:create_app()",
+    ]
+    os.execv(sys.executable, argv)  # noqa: S606 - a fixed argv, replacing this process
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@pass_context
+def db_upgrade(ctx: Context, revision: str) -> None:
+    """Apply migrations up to REVISION."""
+    upgrade(ctx.database, revision)
+    click.echo(f"database {redact_url(ctx.settings.database_url)} is at {revision}")
+
+
+@cli.command("init-env")
+@click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=".env")
+def init_env(path: Path) -> None:
+    """Create a local .env with a fresh webhook secret and sync key (never overwrites)."""
+    if path.exists():
+        return
+    webhook_secret = "whsec_" + secrets.token_hex(24)
+    sync_key = secrets.token_urlsafe(24)
+    path.write_text(
+        "# Local settings for `make run`; never commit this file.\n"
+        "# With `stripe listen`, replace the secret by the one it prints "
+        "(`stripe listen --print-secret`).\n"
+        f"STRIPE_WEBHOOK_SECRET={webhook_secret}\n"
+        f"NAT_APP_SYNC_KEY={sync_key}\n"
+        "LOG_FORMAT=console\n",
+        encoding="utf-8",
+    )
+    path.chmod(0o600)
+    click.echo(
+        f"Created {path} with a local webhook secret and sync key.\n"
+        "Replay the bundled events once the server is up:\n"
+        "  .venv/bin/webhook-service replay fixtures/\n"
+        "Or forward real test-mode events:\n"
+        "  stripe listen --forward-to localhost:8080/api/v1/billing/webhook\n"
+        "  (then put the whsec_ it prints into .env as STRIPE_WEBHOOK_SECRET)",
+        err=True,
+    )
+
+
+# -- replay -------------------------------------------------------------------
+
+
+def _event_files(paths: tuple[Path, ...]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*.json") if p.is_file())
+        else:
+            yield path
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--url", help="Webhook URL (default: this machine's server on $PORT).")
+@click.option("--secret", help="whsec_ secret to sign with (default: the first configured).")
+@click.option("--new-ids", is_flag=True, help="Give each event a fresh evt_ id.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds per request.")
+@pass_context
+def replay(
+    ctx: Context,
+    paths: tuple[Path, ...],
+    url: str | None,
+    secret: str | None,
+    new_ids: bool,
+    timeout: float,
+) -> None:
+    """Sign Stripe events as Stripe does (timestamp now) and POST them, in order."""
+    if secret is None:
+        if not ctx.settings.webhook_secrets:
+            fail("no secret: pass --secret or set STRIPE_WEBHOOK_SECRET")
+        secret = ctx.settings.webhook_secrets[0]
+    target = url or f"http://127.0.0.1:{ctx.settings.port}/api/v1/billing/webhook"
+    failures = sent = 0
+    for path in _event_files(paths):
+        raw = path.read_bytes()
+        if new_ids:
+            event = json.loads(raw)
+            event["id"] = "evt_" + secrets.token_hex(12)
+            raw = json.dumps(event, indent=2).encode("utf-8")
+        header = stripe.WebhookSignature.generate_signature_header(raw.decode("utf-8"), secret)
+        status, body = _post(target, raw, header, timeout)
+        sent += 1
+        ok = 200 <= status < 300
+        failures += not ok
+        detail = body.get("outcome") if ok else body.get("error", "")
+        event_id = body.get("event_id", "-")
+        click.echo(f"{status} {detail or '-':<10} {event_id} {path}")
+    click.echo(f"{sent} sent, {sent - failures} acknowledged, {failures} failed", err=True)
+    if failures or not sent:
+        sys.exit(1)
+
+
+def _post(url: str, raw: bytes, header: str, timeout: float) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(  # noqa: S310 - the operator's own URL
+        url,
+        data=raw,
+        method="POST",
+        headers={
+            "Content-Type": "application/json; charset=utf-8",
+            "Stripe-Signature": header,
+            "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks) nat-replay",
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            status, text = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return 0, {"error": f"connection failed: {reason}"}
+    try:
+        decoded = json.loads(text)
+    except ValueError:
+        decoded = {}
+    return status, decoded if isinstance(decoded, dict) else {}
+
+
+# -- events ---------------------------------------------------------------------
+
+
+@cli.group()
+def events() -> None:
+    """Inspect and repair the event log."""
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else "-"
+
+
+@events.command("list")
+@click.option("--outcome", type=click.Choice(["processed", "ignored", "stale", "failed"]))
+@click.option("--type", "event_type", help="Only this event type.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
+@pass_context
+def events_list(ctx: Context, outcome: str | None, event_type: str | None, limit: int) -> None:
+    """List the newest events."""
+    rows = ctx.event_log().recent(outcome=outcome, event_type=event_type, limit=limit)
+    for row in rows:
+        error = f"  {row.last_error}" if row.last_error else ""
+        click.echo(
+            f"{row.id}  {row.type:<40} {row.outcome:<9} attempts={row.attempts} "
+            f"received={_when(row.received_at)} tenant={row.tenant_id or '-'}{error}"
+        )
+    if not rows:
+        click.echo("no events", err=True)
+
+
+@events.command("show")
+@click.argument("event_id")
+@click.option("--payload/--no-payload", default=True, help="Print the stored payload.")
+@pass_context
+def events_show(ctx: Context, event_id: str, payload: bool) -> None:
+    """Show one event, its processing record and its payload."""
+    row = ctx.event_log().get(event_id)
+    if row is None:
+        fail(f"no event {event_id}", 1)
+    fields = [
+        ("id", row.id),
+        ("type", row.type),
+        ("api_version", row.api_version or "-"),
+        ("created", _when(datetime.fromtimestamp(row.created, UTC))),
+        ("livemode", str(row.livemode).lower()),
+        ("received_at", _when(row.received_at)),
+        ("processed_at", _when(row.processed_at)),
+        ("outcome", row.outcome),
+        ("attempts", str(row.attempts)),
+        ("tenant", row.tenant_id or "-"),
+        ("last_error", row.last_error or "-"),
+    ]
+    for name, value in fields:
+        click.echo(f"{name + ':':<14}{value}")
+    if payload:
+        click.echo(row.payload)
+
+
+@events.command("reprocess")
+@click.argument("event_ids", nargs=-1)
+@click.option("--failed", "all_failed", is_flag=True, help="Every event whose outcome is failed.")
+@pass_context
+def events_reprocess(ctx: Context, event_ids: tuple[str, ...], all_failed: bool) -> None:
+    """Run logged events through the pipeline again (failed ones are re-applied)."""
+    event_log = ctx.event_log()
+    ids = list(event_ids)
+    if all_failed:
+        ids += [i for i in event_log.failed_ids() if i not in ids]
+    if not ids:
+        fail("name events to reprocess, or pass --failed")
+    counts = {"processed": 0, "ignored": 0, "stale": 0, "duplicate": 0, "failed": 0, "missing": 0}
+    for event_id in ids:
+        try:
+            receipt = event_log.reprocess(event_id)
+        except KeyError:
+            counts["missing"] += 1
+            click.echo(f"{event_id}  not in the log")
+            continue
+        except EventFailed as exc:
+            counts["failed"] += 1
+            click.echo(f"{event_id}  failed: {exc.error}")
+            continue
+        counts[receipt.outcome] += 1
+        click.echo(f"{event_id}  {receipt.outcome}")
+    click.echo(", ".join(f"{n} {k}" for k, n in counts.items() if n) or "nothing to do", err=True)
+    if counts["failed"] or counts["missing"]:
+        sys.exit(1)
+
+
+@events.command("prune")
+@click.option("--older-than", "older_than", required=True, help="Age, e.g. 90d.")
+@click.option("--include-failed", is_flag=True, help="Also delete failed events.")
+@pass_context
+def events_prune(ctx: Context, older_than: str, include_failed: bool) -> None:
+    """Delete events received longer ago than --older-than (failed ones are kept)."""
+    cutoff = datetime.now(UTC) - parse_duration(older_than)
+    deleted = ctx.event_log().prune(cutoff, include_failed=include_failed)
+    click.echo(f"deleted {deleted} events received before {_when(cutoff)}")
+
+
+# -- tenants ----------------------------------------------------------------------
+
+
+@cli.group()
+def tenants() -> None:
+    """Tenants, their keys, quotas and change history."""
+
+
+@tenants.command("add")
+@click.argument("tenant_id")
+@click.option("--api-key", required=True, help="A nat_pk_ key (stored only as its SHA-256).")
+@click.option("--customer", help="The tenant's Stripe customer (cus_...).")
+@pass_context
+def tenants_add(ctx: Context, tenant_id: str, api_key: str, customer: str | None) -> None:
+    """Create a tenant (or add a key to one) and optionally link its Stripe customer."""
+    if not TENANT_ID_RE.match(tenant_id):
+        fail("TENANT must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+    if not API_KEY_RE.match(api_key):
+        fail("--api-key must be nat_pk_ followed by 8-256 printable characters")
+    if customer and not CUSTOMER_ID_RE.match(customer):
+        fail("--customer must be a cus_ id")
+    created = ctx.quota_service().add_tenant(tenant_id, api_key, customer)
+    click.echo(f"{'created' if created else 'updated'} tenant {tenant_id}")
+
+
+@tenants.command("list")
+@pass_context
+def tenants_list(ctx: Context) -> None:
+    """List tenants with their plan and usage."""
+    service = ctx.quota_service()
+    rows = service.list_tenants()
+    for tenant, usage, keys in rows:
+        body = usage.body()
+        click.echo(
+            f"{tenant.id:<24} {'active' if tenant.active else 'inactive':<8} "
+            f"customer={tenant.stripe_customer_id or '-':<20} keys={keys} plan={body['plan']} "
+            f"status={body['subscription_status'] or '-'} "
+            f"used={body['scans_used']}/{body['scans_quota']} resets={body['quota_reset_date']}"
+        )
+    if not rows:
+        click.echo("no tenants", err=True)
+
+
+@tenants.command("show")
+@click.argument("tenant_id")
+@pass_context
+def tenants_show(ctx: Context, tenant_id: str) -> None:
+    """Show a tenant's quota, usage and the history of its plan, status and period."""
+    report = ctx.quota_service().report(tenant_id)
+    if report is None:
+        fail(f"no tenant {tenant_id}", 1)
+    tenant, usage, keys, changes = report
+    body = usage.body()
+    click.echo(f"tenant:             {tenant.id} ({'active' if tenant.active else 'inactive'})")
+    click.echo(f"stripe customer:    {tenant.stripe_customer_id or '-'}")
+    click.echo(f"api keys:           {keys}")
+    click.echo(f"plan:               {body['plan']}")
+    click.echo(f"subscription:       {body['subscription_status'] or '-'}")
+    click.echo(
+        f"scans:              {body['scans_used']} used of {body['scans_quota']}, "
+        f"{body['scans_remaining']} left"
+    )
+    click.echo(f"period:             {body['period_start']} .. {body['quota_reset_date']}")
+    click.echo("history:")
+    if not changes:
+        click.echo("  (no changes recorded)")
+    for change in changes:
+        cause = change.event_id or change.source
+        click.echo(
+            f"  {_when(change.changed_at)}  {cause:<32} plan={change.plan} "
+            f"status={change.subscription_status or '-'} quota={change.scans_quota} "
+            f"period={_when(change.period_start)}..{_when(change.quota_reset_date)}"
+        )
+
+
+def main() -> None:
+    """Console-script entry point: read .env (local runs), then dispatch."""
+    load_dotenv(find_dotenv(usecwd=True), override=False)
+    cli()

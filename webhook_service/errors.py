@@ -1,0 +1,193 @@
+"""The exception tree and the one place that turns errors into JSON bodies.
+
+Domain code raises these; it never builds HTTP responses itself. Every error the
+application answers has the shape ``{"error": CODE, "message": text, "status": n, ...}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from flask import Flask, Response, jsonify
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from werkzeug.exceptions import HTTPException
+
+log = structlog.get_logger(__name__)
+
+
+class ServiceError(Exception):
+    """An error with a stable code, an HTTP status and a message safe to show the caller."""
+
+    status: int = 500
+    code: str = "INTERNAL_ERROR"
+    default_message: str = "An internal error occurred."
+
+    def __init__(self, message: str | None = None, **extra: Any) -> None:
+        self.message = message or self.default_message
+        self.extra = extra
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.extra, "status": self.status}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidSignature(ServiceError):
+    status, code = 400, "INVALID_SIGNATURE"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class InvalidPayload(ServiceError):
+    status, code = 400, "INVALID_PAYLOAD"
+
+
+class InvalidRequest(ServiceError):
+    status, code = 400, "INVALID_REQUEST"
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "PAYLOAD_TOO_LARGE"
+    default_message = "The request body is larger than this endpoint accepts."
+
+
+class WebhookNotConfigured(ServiceError):
+    status, code = 503, "WEBHOOK_NOT_CONFIGURED"
+    default_message = (
+        "STRIPE_WEBHOOK_SECRET is not configured; events cannot be verified, so none is accepted."
+    )
+
+
+class ServiceUnavailable(ServiceError):
+    status, code = 503, "SERVICE_UNAVAILABLE"
+    default_message = "The database is unavailable. Retry later; nothing was recorded."
+
+
+class ProcessingFailed(ServiceError):
+    status, code = 500, "PROCESSING_FAILED"
+
+
+class InvalidApiKey(ServiceError):
+    status, code = 401, "INVALID_API_KEY"
+    default_message = "The API key provided is invalid or has been revoked."
+
+
+class QuotaExceeded(ServiceError):
+    status, code = 402, "QUOTA_EXCEEDED"
+
+
+class RateLimited(ServiceError):
+    status, code = 429, "RATE_LIMITED"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(
+            f"Too many requests. Please slow down and retry after {retry_after} seconds.",
+            retry_after=retry_after,
+        )
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class SyncNotConfigured(ServiceError):
+    status, code = 503, "SYNC_NOT_CONFIGURED"
+    default_message = (
+        "NAT_APP_SYNC_KEY is not configured. "
+        "Set this environment variable to enable tenant synchronization."
+    )
+
+
+class InvalidSyncKey(ServiceError):
+    status, code = 401, "INVALID_SYNC_KEY"
+    default_message = "The sync key provided is invalid."
+
+
+class UnknownPrice(ServiceError):
+    status, code = 400, "UNKNOWN_PRICE"
+
+
+class NoBillingAccount(ServiceError):
+    status, code = 409, "NO_BILLING_ACCOUNT"
+    default_message = "This tenant has no Stripe customer yet; start a checkout first."
+
+
+class BillingNotConfigured(ServiceError):
+    status, code = 503, "BILLING_NOT_CONFIGURED"
+    default_message = "STRIPE_API_KEY is not configured; checkout and portal are unavailable."
+
+
+class StripeRequestFailed(ServiceError):
+    status, code = 400, "STRIPE_ERROR"
+
+
+class StripeUnavailable(ServiceError):
+    status, code = 503, "STRIPE_UNAVAILABLE"
+    default_message = "Stripe did not answer in time. Retry later."
+
+
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
+    411: "LENGTH_REQUIRED",
+    413: "PAYLOAD_TOO_LARGE",
+    414: "URI_TOO_LONG",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    431: "HEADERS_TOO_LARGE",
+}
+
+
+def error_response(error: ServiceError) -> Response:
+    response = jsonify(error.body())
+    response.status_code = error.status
+    response.headers.update(error.headers())
+    return response
+
+
+def http_error_response(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    code = _HTTP_CODES.get(status, "HTTP_ERROR" if status < 500 else "INTERNAL_ERROR")
+    response = jsonify({"error": code, "message": exc.description or exc.name, "status": status})
+    response.status_code = status
+    if status == 405 and hasattr(exc, "valid_methods") and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    """Map every error the application can raise to its JSON body."""
+
+    @app.errorhandler(ServiceError)
+    def _service_error(exc: ServiceError) -> Response:
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        return http_error_response(exc)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(PoolTimeoutError)
+    def _database_down(exc: Exception) -> Response:
+        log.warning("database_unavailable", error=type(exc).__name__)
+        return error_response(ServiceUnavailable())
+
+    @app.errorhandler(DBAPIError)
+    def _database_error(exc: DBAPIError) -> Response:
+        if exc.connection_invalidated:
+            log.warning("database_unavailable", error=type(exc.orig).__name__)
+            return error_response(ServiceUnavailable())
+        log.error("database_error", error=type(exc.orig).__name__, exc_info=exc)
+        return error_response(ServiceError())
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.error("unhandled_exception", error=type(exc).__name__, exc_info=exc)
+        return error_response(ServiceError())

@@ -1,0 +1,79 @@
+"""gunicorn settings, shared by the Procfile, the Dockerfile and `webhook-service serve`.
+
+Loaded with ``gunicorn -c python:webhook_service.gunicorn_config``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+from webhook_service.config import ConfigError, load_settings
+from webhook_service.logging import configure_logging, formatter_for_stdlib
+
+try:
+    _settings = load_settings()
+except ConfigError as _exc:
+    print(f"configuration error: {_exc}", file=sys.stderr)
+    sys.exit(2)
+
+configure_logging(_settings.log_format, _settings.log_level)
+
+bind = [f"0.0.0.0:{_settings.port}"]
+workers = _settings.web_concurrency
+worker_class = "sync"
+# A request (webhook or spend) is a few milliseconds; 30 s means something is stuck.
+timeout = 30
+# SIGTERM: stop accepting, finish in-flight requests for up to this long.
+graceful_timeout = 20
+keepalive = 5
+# Header limits (bodies are bounded by the app: MAX_WEBHOOK_BYTES).
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+accesslog = None  # the app writes one canonical line per request
+errorlog = "-"
+loglevel = _settings.log_level
+proc_name = "nat-webhook-service"
+# Several instances may share a host (tests, benchmarks): no shared control socket.
+control_socket_disable = True
+
+# Prometheus multiprocess mode: each worker writes its samples into this directory.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nat-metrics-")
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+
+
+class StructlogGunicornLogger(Logger):
+    """gunicorn's error (and, if enabled, access) log in the service's log shape."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        formatter = formatter_for_stdlib(_settings.log_format)
+        for handler in [*self.error_log.handlers, *self.access_log.handlers]:
+            handler.setFormatter(formatter)
+
+
+logger_class = StructlogGunicornLogger
+
+
+def on_starting(server: Any) -> None:
+    """Start with an empty metrics directory: stale files would double-count."""
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for name in os.listdir(_metrics_dir):
+        path = os.path.join(_metrics_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]

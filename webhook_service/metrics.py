@@ -1,0 +1,55 @@
+"""Prometheus metrics, correct across gunicorn workers.
+
+When ``PROMETHEUS_MULTIPROC_DIR`` is set (the gunicorn config prepares it), every
+worker writes its samples there and ``/metrics`` aggregates them all.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+EVENTS = Counter(
+    "nat_webhook_events_total", "Verified Stripe events by type and outcome.", ["type", "outcome"]
+)
+SIGNATURE_FAILURES = Counter(
+    "nat_webhook_signature_failures_total", "Rejected webhook signatures by reason.", ["reason"]
+)
+SECRET_MATCHES = Counter(
+    "nat_webhook_secret_matches_total",
+    "Verified webhooks by the position of the secret that matched.",
+    ["index"],
+)
+PROCESSING_SECONDS = Histogram(
+    "nat_webhook_processing_seconds",
+    "Time to log and apply one event, commit included.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+HTTP_REQUESTS = Counter(
+    "nat_http_requests_total",
+    "HTTP requests by route, method and status.",
+    ["route", "method", "status"],
+)
+SCAN_SPENDS = Counter("nat_scan_spends_total", "Scans spent.")
+QUOTA_EXCEEDED = Counter("nat_quota_exceeded_total", "Spend requests refused with 402.")
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of every worker (or of this process alone)."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

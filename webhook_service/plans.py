@@ -1,0 +1,93 @@
+"""The plan catalog: which Stripe price grants how many scans a month."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+
+class PlanCatalogError(Exception):
+    """The plan catalog cannot be read or does not make sense."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    scans_per_month: int
+    prices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanCatalog:
+    default_plan: Plan
+    plans: tuple[Plan, ...]
+
+    def plan_for_price(self, price_id: str | None, lookup_key: str | None = None) -> Plan | None:
+        """Find the plan that sells ``price_id`` (or, failing that, its ``lookup_key``)."""
+        for candidate in (price_id, lookup_key):
+            if not candidate:
+                continue
+            for plan in self.plans:
+                if candidate in plan.prices:
+                    return plan
+        return None
+
+    def get(self, name: str) -> Plan | None:
+        return next((plan for plan in self.plans if plan.name == name), None)
+
+    def sells(self, price_id: str | None, lookup_key: str | None = None) -> bool:
+        return self.plan_for_price(price_id, lookup_key) is not None
+
+
+def parse_catalog(data: dict[str, Any]) -> PlanCatalog:
+    """Validate a decoded TOML document and build the catalog."""
+    raw_plans = data.get("plans")
+    if not isinstance(raw_plans, dict) or not raw_plans:
+        raise PlanCatalogError("needs at least one [plans.NAME] table")
+    plans: list[Plan] = []
+    seen_prices: dict[str, str] = {}
+    for name, body in raw_plans.items():
+        if not isinstance(body, dict):
+            raise PlanCatalogError(f"[plans.{name}] must be a table")
+        scans = body.get("scans_per_month")
+        if not isinstance(scans, int) or isinstance(scans, bool) or scans < 0:
+            raise PlanCatalogError(f"[plans.{name}] scans_per_month must be a non-negative integer")
+        prices = body.get("prices", [])
+        if not isinstance(prices, list) or not all(isinstance(p, str) and p for p in prices):
+            raise PlanCatalogError(f"[plans.{name}] prices must be a list of non-empty strings")
+        for price in prices:
+            if price in seen_prices:
+                raise PlanCatalogError(
+                    f"price {price!r} is in both [plans.{seen_prices[price]}] and [plans.{name}]"
+                )
+            seen_prices[price] = name
+        unknown = set(body) - {"scans_per_month", "prices"}
+        if unknown:
+            raise PlanCatalogError(f"[plans.{name}] has unknown keys: {', '.join(sorted(unknown))}")
+        plans.append(Plan(name=name, scans_per_month=scans, prices=tuple(prices)))
+    default_name = data.get("default_plan")
+    if not isinstance(default_name, str):
+        raise PlanCatalogError("default_plan must name one of the plans")
+    default = next((p for p in plans if p.name == default_name), None)
+    if default is None:
+        raise PlanCatalogError(f"default_plan {default_name!r} is not one of the plans")
+    return PlanCatalog(default_plan=default, plans=tuple(plans))
+
+
+def load_catalog(path: str | None) -> PlanCatalog:
+    """Load the catalog from ``path``, or the built-in one when ``path`` is None."""
+    try:
+        if path is None:
+            text = resources.files("webhook_service").joinpath("plans.toml").read_text("utf-8")
+        else:
+            text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise PlanCatalogError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PlanCatalogError(f"{path or 'built-in catalog'} is not valid TOML: {exc}") from None
+    return parse_catalog(data)

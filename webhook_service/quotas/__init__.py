@@ -1,0 +1,1 @@
+"""Quotas: tenants and their API keys, subscriptions, plans, periods and scan spends."""

@@ -1,0 +1,165 @@
+"""Stripe event handlers of the quota domain, keyed by Stripe's event type strings.
+
+Above each handler, Stripe's one-line description of the event. Handlers work in the
+event's transaction (``ctx.conn``) and raise :class:`HandlerError` to fail an event so
+that Stripe's retry (or ``events reprocess``) runs it again.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from webhook_service.quotas.state import GRANTING_STATUSES
+from webhook_service.quotas.subscriptions import (
+    SubscriptionState,
+    advance_period,
+    apply_subscription,
+    missing,
+    object_id,
+    read_invoice_period,
+    read_subscription,
+)
+from webhook_service.quotas.tenants import (
+    TENANT_ID_RE,
+    History,
+    ensure_tenant,
+    get_tenant,
+    link_customer,
+    tenant_for_customer,
+    unlink_customer,
+)
+from webhook_service.webhooks.events import StripeEvent
+from webhook_service.webhooks.registry import EventContext, HandlerError, HandlerResult, Router
+
+log = structlog.get_logger(__name__)
+router = Router()
+
+PERIOD_BILLING_REASONS = frozenset({"subscription_create", "subscription_cycle"})
+
+
+def _history(event: StripeEvent, ctx: EventContext) -> History:
+    return History(ctx.conn, ctx.catalog, ctx.now, source="webhook", event_id=event.id)
+
+
+def _valid_tenant_id(event: StripeEvent, value: object, field: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not TENANT_ID_RE.match(value):
+        raise HandlerError(f"{event.type}: {field} is not a valid tenant id")
+    return value
+
+
+@router.register("checkout.session.completed")
+def checkout_session_completed(event: StripeEvent, ctx: EventContext) -> HandlerResult:
+    """Occurs when a Checkout Session has been successfully completed."""
+    session = event.object
+    if session.get("mode") != "subscription":
+        return HandlerResult("processed")
+    metadata = session.get("metadata") if isinstance(session.get("metadata"), dict) else {}
+    tenant_id = _valid_tenant_id(
+        event, session.get("client_reference_id"), "client_reference_id"
+    ) or _valid_tenant_id(event, (metadata or {}).get("tenant_id"), "metadata.tenant_id")
+    if tenant_id is None:
+        log.warning("checkout_without_tenant", event_id=event.id)
+        return HandlerResult("processed")
+    customer = object_id(session.get("customer"))
+    if customer is None:
+        raise missing(event, "customer")
+    history = _history(event, ctx)
+    history.watch(tenant_id)
+    history.watch_customer(customer)
+    if ensure_tenant(ctx.conn, tenant_id, ctx.now):
+        log.info("tenant_created_from_checkout", tenant_id=tenant_id)
+    link_customer(ctx.conn, tenant_id, customer, ctx.now)
+    history.record()
+    return HandlerResult("processed", tenant_id)
+
+
+@router.register(
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+)
+def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult:
+    """Occurs whenever a customer is signed up for a new plan, changes, pauses, resumes or ends.
+
+    (created: "Occurs whenever a customer is signed up for a new plan."; updated:
+    "Occurs whenever a subscription changes"; deleted: "Occurs whenever a customer's
+    subscription ends."; paused/resumed: "Occurs whenever a customer's subscription is
+    paused/no longer paused.")
+    """
+    state = read_subscription(event, ctx.catalog.sells)
+    history = _history(event, ctx)
+    history.watch_customer(state.customer_id)
+    linked = tenant_for_customer(ctx.conn, state.customer_id)
+    meta_tenant = _valid_tenant_id(event, state.metadata_tenant_id, "metadata.tenant_id")
+    if linked is None and meta_tenant is not None:
+        tenant = get_tenant(ctx.conn, meta_tenant)
+        if tenant is None or tenant.stripe_customer_id is None:
+            history.watch(meta_tenant)
+            ensure_tenant(ctx.conn, meta_tenant, ctx.now)
+            link_customer(ctx.conn, meta_tenant, state.customer_id, ctx.now)
+            linked = meta_tenant
+
+    def check_price(applied: SubscriptionState) -> None:
+        if applied.status not in GRANTING_STATUSES:
+            return
+        if ctx.catalog.plan_for_price(applied.price_id, applied.price_lookup_key) is None:
+            raise HandlerError(f"UNKNOWN_PRICE {applied.price_id or applied.price_lookup_key}")
+
+    applied = apply_subscription(ctx.conn, state, event, ctx.now, check_price)
+    history.record()
+    if not applied:
+        log.info("stale_event", event_id=event.id, subscription_id=state.id)
+    return HandlerResult("processed" if applied else "stale", linked)
+
+
+@router.register("invoice.paid")
+def invoice_paid(event: StripeEvent, ctx: EventContext) -> HandlerResult:
+    """Occurs whenever an invoice payment attempt succeeds or an invoice is marked as paid."""
+    invoice = event.object
+    if invoice.get("billing_reason") not in PERIOD_BILLING_REASONS:
+        customer = object_id(invoice.get("customer"))
+        return HandlerResult("processed", tenant_for_customer(ctx.conn, customer))
+    period = read_invoice_period(event)
+    history = _history(event, ctx)
+    history.watch_customer(period.customer_id)
+    advance_period(ctx.conn, period, ctx.now)
+    history.record()
+    return HandlerResult("processed", tenant_for_customer(ctx.conn, period.customer_id))
+
+
+@router.register("invoice.payment_failed")
+def invoice_payment_failed(event: StripeEvent, ctx: EventContext) -> HandlerResult:
+    """Occurs whenever an invoice payment attempt fails."""
+    tenant_id = tenant_for_customer(ctx.conn, object_id(event.object.get("customer")))
+    log.warning(
+        "invoice_payment_failed",
+        event_id=event.id,
+        tenant_id=tenant_id,
+        attempt_count=event.object.get("attempt_count"),
+    )
+    return HandlerResult("processed", tenant_id)
+
+
+@router.register("customer.subscription.trial_will_end")
+def trial_will_end(event: StripeEvent, ctx: EventContext) -> HandlerResult:
+    """Occurs three days before a subscription's trial period is scheduled to end."""
+    tenant_id = tenant_for_customer(ctx.conn, object_id(event.object.get("customer")))
+    log.info("trial_will_end", event_id=event.id, tenant_id=tenant_id)
+    return HandlerResult("processed", tenant_id)
+
+
+@router.register("customer.deleted")
+def customer_deleted(event: StripeEvent, ctx: EventContext) -> HandlerResult:
+    """Occurs whenever a customer is deleted."""
+    customer = object_id(event.object.get("id"))
+    if customer is None:
+        raise missing(event, "id")
+    history = _history(event, ctx)
+    history.watch_customer(customer)
+    tenant_id = unlink_customer(ctx.conn, customer, ctx.now)
+    history.record()
+    return HandlerResult("processed", tenant_id)

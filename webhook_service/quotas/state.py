@@ -1,0 +1,142 @@
+"""A tenant's quota: which plan it has now, for which window, and how much is spent."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, func, select
+
+from webhook_service.models import scan_spends, subscriptions
+from webhook_service.plans import PlanCatalog
+from webhook_service.quotas.periods import Window, billing_window, calendar_month
+
+log = structlog.get_logger(__name__)
+
+GRANTING_STATUSES = frozenset({"active", "trialing", "past_due"})
+TERMINAL_STATUSES = frozenset({"canceled", "incomplete_expired"})
+
+
+def rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Entitlement:
+    """What a tenant's subscriptions grant now (no usage)."""
+
+    plan: str
+    subscription_status: str | None
+    scans_quota: int
+    window: Window
+    # False while a finished period stays in force, awaiting Stripe's next one.
+    window_open: bool = True
+
+    def key(self) -> tuple[Any, ...]:
+        return (
+            self.plan,
+            self.subscription_status,
+            self.scans_quota,
+            self.window.start,
+            self.window.end,
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    tenant_id: str
+    entitlement: Entitlement
+    scans_used: int
+
+    @property
+    def scans_remaining(self) -> int:
+        return max(0, self.entitlement.scans_quota - self.scans_used)
+
+    def body(self) -> dict[str, Any]:
+        ent = self.entitlement
+        return {
+            "tenant_id": self.tenant_id,
+            "plan": ent.plan,
+            "subscription_status": ent.subscription_status,
+            "scans_quota": ent.scans_quota,
+            "scans_used": self.scans_used,
+            "scans_remaining": self.scans_remaining,
+            "period_start": rfc3339(ent.window.start),
+            "quota_reset_date": rfc3339(ent.window.end),
+        }
+
+
+def customer_subscriptions(conn: Connection, customer_id: str | None) -> Sequence[Any]:
+    if not customer_id:
+        return []
+    return conn.execute(
+        select(subscriptions).where(
+            subscriptions.c.customer_id == customer_id, subscriptions.c.status.is_not(None)
+        )
+    ).all()
+
+
+def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Entitlement:
+    """The plan a set of subscriptions grants at ``now`` (largest granting quota wins)."""
+    best: tuple[int, datetime, Any, Any] | None = None
+    for sub in subs:
+        if sub.status not in GRANTING_STATUSES or sub.current_period_start is None:
+            continue
+        plan = catalog.plan_for_price(sub.price_id, sub.price_lookup_key)
+        if plan is None:
+            # Possible only if the catalog lost a price after the event was applied.
+            log.warning("subscription_price_not_in_catalog", subscription_id=sub.id)
+            continue
+        quota = plan.scans_per_month * max(sub.quantity or 1, 1)
+        candidate = (quota, sub.current_period_start, sub, plan)
+        if best is None or candidate[:2] > best[:2]:
+            best = candidate
+    if best is not None:
+        quota, _, sub, plan = best
+        window = billing_window(
+            sub.current_period_start,
+            sub.current_period_end,
+            sub.price_interval,
+            sub.price_interval_count,
+            now,
+        )
+        return Entitlement(plan.name, sub.status, quota, window, now < window.end)
+    latest = max(subs, key=lambda s: (s.state_created or 0, s.updated_at), default=None)
+    default = catalog.default_plan
+    return Entitlement(
+        default.name,
+        latest.status if latest is not None else None,
+        default.scans_per_month,
+        calendar_month(now),
+    )
+
+
+def scans_used(conn: Connection, tenant_id: str, ent: Entitlement) -> int:
+    """Scans spent in the window (everything since its start while it stays in force)."""
+    query = select(func.coalesce(func.sum(scan_spends.c.count), 0)).where(
+        scan_spends.c.tenant_id == tenant_id,
+        scan_spends.c.spent_at >= ent.window.start,
+    )
+    if ent.window_open:
+        query = query.where(scan_spends.c.spent_at < ent.window.end)
+    return int(conn.execute(query).scalar_one())
+
+
+def tenant_entitlement(
+    conn: Connection, customer_id: str | None, catalog: PlanCatalog, now: datetime
+) -> Entitlement:
+    return entitlement(customer_subscriptions(conn, customer_id), catalog, now)
+
+
+def tenant_usage(
+    conn: Connection,
+    tenant_id: str,
+    customer_id: str | None,
+    catalog: PlanCatalog,
+    now: datetime,
+) -> Usage:
+    ent = tenant_entitlement(conn, customer_id, catalog, now)
+    return Usage(tenant_id, ent, scans_used(conn, tenant_id, ent))

@@ -1,0 +1,194 @@
+"""Tenants, their API keys (SHA-256 only) and their link to a Stripe customer.
+
+Every function works inside the caller's transaction. :class:`History` records each
+change of a tenant's plan, status or period with what caused it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, delete, insert, select, update
+
+from webhook_service.models import api_keys, tenant_changes, tenants
+from webhook_service.plans import PlanCatalog
+from webhook_service.quotas.state import Entitlement, tenant_entitlement
+
+log = structlog.get_logger(__name__)
+
+API_KEY_RE = re.compile(r"^nat_pk_[\x21-\x7e]{8,256}$")
+KEY_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+TENANT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+CUSTOMER_ID_RE = re.compile(r"^cus_[A-Za-z0-9_]{1,250}$")
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
+
+
+def get_tenant(conn: Connection, tenant_id: str, *, lock: bool = False) -> Any:
+    query = select(tenants).where(tenants.c.id == tenant_id)
+    if lock and conn.dialect.name != "sqlite":
+        query = query.with_for_update()
+    return conn.execute(query).one_or_none()
+
+
+def tenant_for_key(conn: Connection, key_sha256: str) -> Any:
+    """The active tenant owning a key hash, or None."""
+    return conn.execute(
+        select(tenants.c.id, tenants.c.stripe_customer_id)
+        .select_from(api_keys.join(tenants, api_keys.c.tenant_id == tenants.c.id))
+        .where(api_keys.c.key_sha256 == key_sha256, tenants.c.active.is_(True))
+    ).one_or_none()
+
+
+def tenant_for_customer(conn: Connection, customer_id: str | None) -> str | None:
+    if not customer_id:
+        return None
+    found: str | None = conn.execute(
+        select(tenants.c.id).where(tenants.c.stripe_customer_id == customer_id)
+    ).scalar_one_or_none()
+    return found
+
+
+def ensure_tenant(conn: Connection, tenant_id: str, now: datetime) -> bool:
+    """Create the tenant (active, without keys) if it does not exist; True if created."""
+    if get_tenant(conn, tenant_id) is not None:
+        return False
+    conn.execute(
+        insert(tenants).values(
+            id=tenant_id, stripe_customer_id=None, active=True, created_at=now, updated_at=now
+        )
+    )
+    return True
+
+
+def link_customer(conn: Connection, tenant_id: str, customer_id: str, now: datetime) -> None:
+    """Make ``customer_id`` the tenant's customer (taking it from any other tenant)."""
+    previous_owner = tenant_for_customer(conn, customer_id)
+    if previous_owner == tenant_id:
+        return
+    if previous_owner is not None:
+        log.warning(
+            "customer_relinked",
+            customer_id=customer_id,
+            from_tenant=previous_owner,
+            to_tenant=tenant_id,
+        )
+        conn.execute(
+            update(tenants)
+            .where(tenants.c.id == previous_owner)
+            .values(stripe_customer_id=None, updated_at=now)
+        )
+    conn.execute(
+        update(tenants)
+        .where(tenants.c.id == tenant_id)
+        .values(stripe_customer_id=customer_id, updated_at=now)
+    )
+
+
+def unlink_customer(conn: Connection, customer_id: str, now: datetime) -> str | None:
+    tenant_id = tenant_for_customer(conn, customer_id)
+    if tenant_id is not None:
+        conn.execute(
+            update(tenants)
+            .where(tenants.c.id == tenant_id)
+            .values(stripe_customer_id=None, updated_at=now)
+        )
+    return tenant_id
+
+
+def replace_keys(conn: Connection, tenant_id: str, hashes: Iterable[str], now: datetime) -> None:
+    """Make ``hashes`` the tenant's whole set of valid keys (a key moves if another had it)."""
+    wanted = set(hashes)
+    conn.execute(delete(api_keys).where(api_keys.c.tenant_id == tenant_id))
+    if wanted:
+        conn.execute(delete(api_keys).where(api_keys.c.key_sha256.in_(wanted)))
+        conn.execute(
+            insert(api_keys),
+            [{"key_sha256": h, "tenant_id": tenant_id, "created_at": now} for h in sorted(wanted)],
+        )
+
+
+def add_key(conn: Connection, tenant_id: str, key_sha256: str, now: datetime) -> None:
+    conn.execute(delete(api_keys).where(api_keys.c.key_sha256 == key_sha256))
+    conn.execute(
+        insert(api_keys).values(key_sha256=key_sha256, tenant_id=tenant_id, created_at=now)
+    )
+
+
+def list_tenants(conn: Connection) -> Sequence[Any]:
+    return conn.execute(select(tenants).order_by(tenants.c.id)).all()
+
+
+def key_count(conn: Connection, tenant_id: str) -> int:
+    return len(
+        conn.execute(select(api_keys.c.key_sha256).where(api_keys.c.tenant_id == tenant_id)).all()
+    )
+
+
+def history(conn: Connection, tenant_id: str) -> Sequence[Any]:
+    return conn.execute(
+        select(tenant_changes)
+        .where(tenant_changes.c.tenant_id == tenant_id)
+        .order_by(tenant_changes.c.id)
+    ).all()
+
+
+@dataclass
+class History:
+    """Watch tenants before a change; :meth:`record` writes a row for each one that changed."""
+
+    conn: Connection
+    catalog: PlanCatalog
+    now: datetime
+    source: str
+    event_id: str | None = None
+    _before: dict[str, Entitlement | None] = field(default_factory=dict)
+
+    def watch(self, *tenant_ids: str | None) -> None:
+        for tenant_id in tenant_ids:
+            if tenant_id is None or tenant_id in self._before:
+                continue
+            row = get_tenant(self.conn, tenant_id)
+            self._before[tenant_id] = (
+                None
+                if row is None
+                else tenant_entitlement(self.conn, row.stripe_customer_id, self.catalog, self.now)
+            )
+
+    def watch_customer(self, customer_id: str | None) -> None:
+        self.watch(tenant_for_customer(self.conn, customer_id))
+
+    def record(self) -> list[str]:
+        """Write the changes; return the tenants that changed."""
+        changed = []
+        for tenant_id, before in self._before.items():
+            row = get_tenant(self.conn, tenant_id)
+            if row is None:
+                continue
+            after = tenant_entitlement(self.conn, row.stripe_customer_id, self.catalog, self.now)
+            if before is not None and before.key() == after.key():
+                continue
+            changed.append(tenant_id)
+            self.conn.execute(
+                insert(tenant_changes).values(
+                    tenant_id=tenant_id,
+                    source=self.source,
+                    event_id=self.event_id,
+                    changed_at=self.now,
+                    plan=after.plan,
+                    subscription_status=after.subscription_status,
+                    scans_quota=after.scans_quota,
+                    period_start=after.window.start,
+                    quota_reset_date=after.window.end,
+                )
+            )
+        self._before.clear()
+        return changed

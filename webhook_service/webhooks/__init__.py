@@ -1,0 +1,1 @@
+"""Stripe webhooks: verification, parsing, the handler registry and the event log."""

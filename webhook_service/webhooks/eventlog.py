@@ -1,0 +1,234 @@
+"""The durable event log and the exactly-once processing pipeline.
+
+One transaction per delivery: the log row is inserted (or found and locked), the
+handler runs inside a savepoint, and the row's outcome is written beside the handler's
+effects. Nothing is acknowledged before that transaction commits.
+
+Duplicates: the row is keyed by the event id. On PostgreSQL a concurrent copy blocks
+on the primary key (``ON CONFLICT DO NOTHING``) and then on ``SELECT ... FOR UPDATE``
+until the first copy commits, and so sees it as done; on SQLite ``BEGIN IMMEDIATE``
+serialises the two. A copy of a ``failed`` event runs the handler again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy import Connection, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
+
+from webhook_service.db import Database
+from webhook_service.models import stripe_events
+from webhook_service.plans import PlanCatalog
+from webhook_service.webhooks.events import StripeEvent, parse_event
+from webhook_service.webhooks.registry import EventContext, HandlerError, HandlerResult, Router
+
+log = structlog.get_logger(__name__)
+
+DONE_OUTCOMES = ("processed", "ignored", "stale")
+ReceiptOutcome = Literal["processed", "duplicate", "ignored", "stale"]
+MAX_ERROR_LENGTH = 2000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    event_id: str
+    event_type: str
+    outcome: ReceiptOutcome
+    tenant_id: str | None = None
+    duration_s: float = 0.0
+
+
+class EventFailed(Exception):
+    """A handler failed; the event is stored as ``failed`` with ``error``."""
+
+    def __init__(self, event: StripeEvent, error: str) -> None:
+        super().__init__(error)
+        self.event = event
+        self.error = error
+
+
+def describe_error(exc: BaseException) -> str:
+    """The message kept in ``last_error``: a handler's own words, or the exception's class."""
+    text = str(exc) if isinstance(exc, HandlerError) else f"{type(exc).__name__}: {exc}"
+    return text[:MAX_ERROR_LENGTH]
+
+
+class EventLog:
+    """Receives verified events and owns every query on the event log."""
+
+    def __init__(
+        self,
+        database: Database,
+        router: Router,
+        catalog: PlanCatalog,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.database = database
+        self.router = router
+        self.catalog = catalog
+        self.clock = clock
+        dialect_insert = sqlite_insert if database.is_sqlite else pg_insert
+        self._insert = dialect_insert(stripe_events).on_conflict_do_nothing(index_elements=["id"])
+
+    # -- processing -------------------------------------------------------
+
+    def receive(self, event: StripeEvent) -> Receipt:
+        """Log ``event`` once and apply it; raise :class:`EventFailed` if its handler fails."""
+        started = time.perf_counter()
+        failure: str | None = None
+        with self.database.transaction(write=True) as conn:
+            now = self.clock()
+            outcome = self._claim(conn, event, now)
+            if outcome is not None:
+                return Receipt(event.id, event.type, "duplicate", outcome[1])
+            attempts = 1
+            result: HandlerResult | None = None
+            handler = self.router.handler_for(event.type)
+            if handler is None:
+                result = HandlerResult("ignored")
+            else:
+                savepoint = conn.begin_nested()
+                try:
+                    result = handler(event, EventContext(conn, self.catalog, now))
+                    savepoint.commit()
+                except OperationalError:
+                    raise  # the database itself is failing: nothing is recorded, 503
+                except Exception as exc:
+                    savepoint.rollback()
+                    failure = describe_error(exc)
+                    if not isinstance(exc, HandlerError):
+                        log.error(
+                            "handler_crashed",
+                            event_id=event.id,
+                            event_type=event.type,
+                            error=type(exc).__name__,
+                            exc_info=exc,
+                        )
+            values: dict[str, Any]
+            if result is not None:
+                values = {
+                    "outcome": result.outcome,
+                    "processed_at": now,
+                    "last_error": None,
+                    "tenant_id": result.tenant_id,
+                }
+            else:
+                values = {"outcome": "failed", "processed_at": None, "last_error": failure}
+            conn.execute(
+                update(stripe_events)
+                .where(stripe_events.c.id == event.id)
+                .values(attempts=stripe_events.c.attempts + attempts, **values)
+            )
+        if failure is not None:
+            raise EventFailed(event, failure)
+        assert result is not None
+        return Receipt(
+            event.id, event.type, result.outcome, result.tenant_id, time.perf_counter() - started
+        )
+
+    def _claim(
+        self, conn: Connection, event: StripeEvent, now: datetime
+    ) -> tuple[str, str | None] | None:
+        """Insert or lock the event's row; return (outcome, tenant) if it is already done."""
+        inserted = conn.execute(
+            self._insert.values(
+                id=event.id,
+                type=event.type,
+                api_version=event.api_version,
+                created=event.created,
+                livemode=event.livemode,
+                received_at=now,
+                outcome="pending",
+                attempts=0,
+                object_id=event.object_id,
+                payload=event.payload,
+            )
+        )
+        if inserted.rowcount == 1:
+            return None
+        query = select(stripe_events.c.outcome, stripe_events.c.tenant_id).where(
+            stripe_events.c.id == event.id
+        )
+        if not self.database.is_sqlite:
+            query = query.with_for_update()
+        row = conn.execute(query).one()
+        if row.outcome in DONE_OUTCOMES:
+            return row.outcome, row.tenant_id
+        return None
+
+    def reprocess(self, event_id: str) -> Receipt:
+        """Run a logged event through the pipeline again (a failed one is re-applied)."""
+        row = self.get(event_id)
+        if row is None:
+            raise KeyError(event_id)
+        return self.receive(parse_event(row.payload))
+
+    # -- queries ------------------------------------------------------------
+
+    def get(self, event_id: str) -> Any:
+        with self.database.transaction() as conn:
+            return conn.execute(
+                select(stripe_events).where(stripe_events.c.id == event_id)
+            ).one_or_none()
+
+    def recent(
+        self, *, outcome: str | None = None, event_type: str | None = None, limit: int = 50
+    ) -> Sequence[Any]:
+        query = select(
+            stripe_events.c.id,
+            stripe_events.c.type,
+            stripe_events.c.created,
+            stripe_events.c.received_at,
+            stripe_events.c.outcome,
+            stripe_events.c.attempts,
+            stripe_events.c.tenant_id,
+            stripe_events.c.last_error,
+        ).order_by(stripe_events.c.received_at.desc(), stripe_events.c.id.desc())
+        if outcome:
+            query = query.where(stripe_events.c.outcome == outcome)
+        if event_type:
+            query = query.where(stripe_events.c.type == event_type)
+        with self.database.transaction() as conn:
+            return conn.execute(query.limit(limit)).all()
+
+    def failed_ids(self) -> list[str]:
+        with self.database.transaction() as conn:
+            return list(
+                conn.scalars(
+                    select(stripe_events.c.id)
+                    .where(stripe_events.c.outcome == "failed")
+                    .order_by(stripe_events.c.created, stripe_events.c.received_at)
+                )
+            )
+
+    def failed_summary(self, conn: Connection) -> tuple[int, datetime | None]:
+        """How many events are failed, and when the oldest of them arrived."""
+        row = conn.execute(
+            select(func.count(), func.min(stripe_events.c.received_at)).where(
+                stripe_events.c.outcome == "failed"
+            )
+        ).one()
+        oldest = row[1]
+        if isinstance(oldest, str):  # SQLite aggregates bypass the column type
+            oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
+        return int(row[0]), oldest
+
+    def prune(self, older_than: datetime, *, include_failed: bool = False) -> int:
+        """Delete events received before ``older_than``; failed ones stay unless asked."""
+        condition = stripe_events.c.received_at < older_than
+        if not include_failed:
+            condition = condition & (stripe_events.c.outcome != "failed")
+        with self.database.transaction(write=True) as conn:
+            return conn.execute(stripe_events.delete().where(condition)).rowcount

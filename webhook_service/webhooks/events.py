@@ -1,0 +1,71 @@
+"""Parse a verified body into a Stripe v1 event, refusing anything else."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from webhook_service.errors import InvalidPayload
+
+
+@dataclass(frozen=True)
+class StripeEvent:
+    """The fields of a Stripe v1 event the service relies on, plus the raw body."""
+
+    id: str
+    type: str
+    created: int
+    api_version: str | None
+    livemode: bool
+    data: dict[str, Any]
+    payload: str
+
+    @property
+    def object(self) -> dict[str, Any]:
+        obj = self.data.get("object")
+        return obj if isinstance(obj, dict) else {}
+
+    @property
+    def object_id(self) -> str | None:
+        value = self.object.get("id")
+        return value if isinstance(value, str) else None
+
+
+def parse_event(payload: str) -> StripeEvent:
+    """Decode ``payload`` (already verified) into a :class:`StripeEvent`."""
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        raise InvalidPayload("The body is not JSON.") from None
+    if not isinstance(body, dict):
+        raise InvalidPayload("The body is not a Stripe event object.")
+    if body.get("object") == "v2.core.event" or "related_object" in body:
+        raise InvalidPayload(
+            "Thin (v2) event notifications are not accepted; "
+            "configure this endpoint for snapshot (v1) events."
+        )
+    event_id, event_type, created = body.get("id"), body.get("type"), body.get("created")
+    if not isinstance(event_id, str) or not event_id.startswith("evt_") or len(event_id) > 255:
+        raise InvalidPayload("The event has no valid 'id' (evt_...).")
+    if not isinstance(event_type, str) or not event_type or len(event_type) > 255:
+        raise InvalidPayload("The event has no 'type'.")
+    if not isinstance(created, int) or isinstance(created, bool) or created < 0:
+        raise InvalidPayload("The event has no valid 'created' timestamp.")
+    if body.get("object", "event") != "event":
+        raise InvalidPayload("The body is not a Stripe event object.")
+    data = body.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
+        raise InvalidPayload("The event has no 'data.object'.")
+    api_version = body.get("api_version")
+    if api_version is not None and (not isinstance(api_version, str) or len(api_version) > 64):
+        raise InvalidPayload("The event's 'api_version' is not a string.")
+    return StripeEvent(
+        id=event_id,
+        type=event_type,
+        created=created,
+        api_version=api_version,
+        livemode=bool(body.get("livemode", False)),
+        data=data,
+        payload=payload,
+    )
