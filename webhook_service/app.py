@@ -12,6 +12,8 @@ from flask import Flask, Response, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from webhook_service import errors, metrics, ops
+from webhook_service.billing import views as billing_views
+from webhook_service.billing.stripe_api import StripeGateway
 from webhook_service.config import Settings, load_settings
 from webhook_service.context import Services
 from webhook_service.db import Database
@@ -19,6 +21,7 @@ from webhook_service.handlers import build_router
 from webhook_service.logging import configure_logging
 from webhook_service.quotas import views as quota_views
 from webhook_service.quotas.service import QuotaService
+from webhook_service.tenant_api import init_rate_limit
 from webhook_service.webhooks import views as webhook_views
 from webhook_service.webhooks.eventlog import EventLog
 
@@ -47,13 +50,17 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
         database=database,
         event_log=EventLog(database, build_router(), settings.catalog),
         quotas=QuotaService(database, settings.catalog),
+        stripe=StripeGateway(settings.stripe_api_key, settings.stripe_api_base),
     )
 
     errors.init_app(app)
     _init_request_logging(app)
     app.register_blueprint(ops.bp)
     app.register_blueprint(webhook_views.bp)
-    quota_views.init_app(app)
+    init_rate_limit(app, quota_views.tenant_bp, billing_views.bp)
+    app.register_blueprint(quota_views.tenant_bp)
+    app.register_blueprint(quota_views.sync_bp)
+    app.register_blueprint(billing_views.bp)
 
     if settings.trusted_proxy_hops:
         hops = settings.trusted_proxy_hops

@@ -18,8 +18,11 @@ import click
 import stripe
 from dotenv import find_dotenv, load_dotenv
 
+from webhook_service.billing.reconcile import RETENTION_DAYS, reconcile
+from webhook_service.billing.stripe_api import StripeGateway
 from webhook_service.config import ConfigError, Settings, load_settings, redact_url
 from webhook_service.db import Database
+from webhook_service.errors import ServiceError
 from webhook_service.handlers import build_router
 from webhook_service.logging import configure_logging
 from webhook_service.migrate import upgrade
@@ -323,6 +326,38 @@ def events_prune(ctx: Context, older_than: str, include_failed: bool) -> None:
     cutoff = datetime.now(UTC) - parse_duration(older_than)
     deleted = ctx.event_log().prune(cutoff, include_failed=include_failed)
     click.echo(f"deleted {deleted} events received before {_when(cutoff)}")
+
+
+@events.command("reconcile")
+@click.option("--since", default="3d", show_default=True, help="How far back, e.g. 3d or 12h.")
+@click.option("--dry-run", is_flag=True, help="List what would be applied; change nothing.")
+@pass_context
+def events_reconcile(ctx: Context, since: str, dry_run: bool) -> None:
+    """Pull missed events from Stripe's events API through the same pipeline."""
+    settings = ctx.settings
+    if not settings.stripe_api_key:
+        fail("STRIPE_API_KEY is not set: reconciliation reads Stripe's events API")
+    window = parse_duration(since)
+    if window > timedelta(days=RETENTION_DAYS):
+        click.echo(
+            f"warning: --since {since} reaches past Stripe's {RETENTION_DAYS}-day event "
+            "retention; older events cannot be recovered",
+            err=True,
+        )
+    gateway = StripeGateway(settings.stripe_api_key, settings.stripe_api_base)
+    try:
+        summary = reconcile(
+            gateway,
+            ctx.event_log(),
+            datetime.now(UTC) - window,
+            dry_run=dry_run,
+            report=click.echo,
+        )
+    except ServiceError as exc:
+        fail(f"reconciliation stopped: {exc.message}", 1)
+    click.echo(("dry run: " if dry_run else "") + summary.line(), err=True)
+    if summary.failed:
+        sys.exit(1)
 
 
 # -- tenants ----------------------------------------------------------------------

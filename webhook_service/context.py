@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from webhook_service.billing.stripe_api import StripeGateway
 from webhook_service.config import Settings
 from webhook_service.db import Database
 from webhook_service.quotas.service import QuotaService
@@ -18,6 +19,7 @@ class Services:
     database: Database
     event_log: EventLog
     quotas: QuotaService
+    stripe: StripeGateway
 
 
 def services() -> Services:

@@ -1,0 +1,1 @@
+"""Stripe API side: checkout and portal sessions, and reconciliation of missed events."""
