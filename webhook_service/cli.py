@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 import stripe
 from dotenv import find_dotenv, load_dotenv
+from sqlalchemy.exc import SQLAlchemyError
 
 from webhook_service.billing.reconcile import RETENTION_DAYS, reconcile
 from webhook_service.billing.stripe_api import StripeGateway
@@ -60,6 +61,11 @@ class Context:
         return self._settings
 
     @property
+    def database_url(self) -> str | None:
+        """The database in use, once settings were loaded (for messages)."""
+        return self._settings.database_url if self._settings is not None else None
+
+    @property
     def database(self) -> Database:
         if self._database is None:
             self._database = Database(self.settings.database_url, pool=False)
@@ -78,6 +84,30 @@ pass_context = click.make_pass_decorator(Context, ensure=True)
 def fail(message: str, code: int = 2) -> NoReturn:
     click.echo(message, err=True)
     sys.exit(code)
+
+
+def database_error_line(exc: SQLAlchemyError, url: str | None) -> str:
+    """One line for an operator: what the database said, where, and what to do about it."""
+    orig = getattr(exc, "orig", None) or exc
+    said = (str(orig).strip().splitlines() or [""])[0]
+    line = f"database error: {type(orig).__name__}: {said}"
+    if url:
+        line += f" ({redact_url(url)})"
+    if getattr(orig, "sqlstate", None) == "42P01" or "no such table" in said:
+        line += "; run `webhook-service db upgrade`"
+    return line
+
+
+class ReportsDatabaseErrors(click.Group):
+    """A command group whose commands end with one line, not a traceback, when the
+    database cannot be used (unreachable, not migrated, locked)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        state = ctx.ensure_object(Context)  # shared with the subcommand (pass_context)
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as exc:
+            fail(database_error_line(exc, state.database_url), 1)
 
 
 @click.group()
@@ -107,7 +137,7 @@ def serve(ctx: Context) -> None:
     os.execv(sys.executable, argv)  # noqa: S606 - a fixed argv, replacing this process
 
 
-@cli.group()
+@cli.group(cls=ReportsDatabaseErrors)
 def db() -> None:
     """Database schema."""
 
@@ -231,7 +261,7 @@ def _post(url: str, raw: bytes, header: str, timeout: float) -> tuple[int, dict[
 # -- events ---------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(cls=ReportsDatabaseErrors)
 def events() -> None:
     """Inspect and repair the event log."""
 
@@ -294,10 +324,10 @@ def events_reprocess(ctx: Context, event_ids: tuple[str, ...], all_failed: bool)
     """Run logged events through the pipeline again (failed ones are re-applied)."""
     event_log = ctx.event_log()
     ids = list(event_ids)
+    if not ids and not all_failed:
+        fail("name events to reprocess, or pass --failed")
     if all_failed:
         ids += [i for i in event_log.failed_ids() if i not in ids]
-    if not ids:
-        fail("name events to reprocess, or pass --failed")
     counts = {"processed": 0, "ignored": 0, "stale": 0, "duplicate": 0, "failed": 0, "missing": 0}
     for event_id in ids:
         try:

@@ -74,9 +74,14 @@ def default_web_concurrency() -> int:
 def redact_url(url: str) -> str:
     """Render a database URL without its password."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except ArgumentError:
         return "<unparseable>"
+    # libpq also takes the password as a query parameter (?password=...).
+    hidden = {key: "***" for key in parsed.query if key.lower() == "password"}
+    if hidden:
+        parsed = parsed.update_query_dict(hidden)
+    return parsed.render_as_string(hide_password=True)
 
 
 def normalise_database_url(raw: str) -> str:

@@ -25,7 +25,11 @@ PG_LOCK_TIMEOUT_MS = 5_000
 
 
 def create_db_engine(url: str, *, pool: bool = True) -> Engine:
-    """Create an engine with bounded timeouts for ``url``."""
+    """Create an engine with bounded timeouts for ``url``.
+
+    ``hide_parameters``: a database error's text never carries the statement's values
+    (payload fields, key hashes), so it can be logged.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
@@ -34,6 +38,7 @@ def create_db_engine(url: str, *, pool: bool = True) -> Engine:
         engine = create_engine(
             parsed,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            hide_parameters=True,
             **({} if pool else {"poolclass": NullPool}),
         )
         _configure_sqlite(engine)
@@ -50,6 +55,7 @@ def create_db_engine(url: str, *, pool: bool = True) -> Engine:
             "application_name": "nat-webhook-service",
         },
         "pool_pre_ping": True,
+        "hide_parameters": True,
     }
     if pool:
         kwargs.update(pool_size=5, max_overflow=5, pool_timeout=5, pool_recycle=1800)

@@ -10,9 +10,10 @@ from typing import Any
 
 import structlog
 from flask import Flask, Response, jsonify
+from gunicorn.http.errors import NoMoreData, ParseException
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 
 log = structlog.get_logger(__name__)
 
@@ -162,6 +163,15 @@ def http_error_response(exc: HTTPException) -> Response:
     return response
 
 
+# PostgreSQL's "undefined_table" and "invalid_schema_name": the database answers but has
+# not been migrated (SQLite reports the same case as an OperationalError, also a 503).
+_SCHEMA_MISSING_SQLSTATES = frozenset({"42P01", "3F000"})
+
+
+def _schema_missing(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _SCHEMA_MISSING_SQLSTATES
+
+
 def init_app(app: Flask) -> None:
     """Map every error the application can raise to its JSON body."""
 
@@ -181,11 +191,19 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(DBAPIError)
     def _database_error(exc: DBAPIError) -> Response:
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or _schema_missing(exc):
             log.warning("database_unavailable", error=type(exc.orig).__name__)
             return error_response(ServiceUnavailable())
         log.error("database_error", error=type(exc.orig).__name__, exc_info=exc)
         return error_response(ServiceError())
+
+    @app.errorhandler(ParseException)
+    @app.errorhandler(NoMoreData)
+    def _malformed_body(exc: Exception) -> Response:
+        # gunicorn decodes a chunked body only while the application reads it, so a bad
+        # chunk (or a body cut short) surfaces here: the client's fault, a 400.
+        log.info("malformed_request_body", error=type(exc).__name__)
+        return http_error_response(BadRequest("The request body is malformed."))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

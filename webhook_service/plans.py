@@ -44,6 +44,10 @@ class PlanCatalog:
 
 def parse_catalog(data: dict[str, Any]) -> PlanCatalog:
     """Validate a decoded TOML document and build the catalog."""
+    unknown_top = set(data) - {"default_plan", "plans"}
+    if unknown_top:
+        # A typo such as [plan.team] must stop start-up, not silently drop a plan.
+        raise PlanCatalogError(f"unknown top-level keys: {', '.join(sorted(unknown_top))}")
     raw_plans = data.get("plans")
     if not isinstance(raw_plans, dict) or not raw_plans:
         raise PlanCatalogError("needs at least one [plans.NAME] table")

@@ -28,8 +28,11 @@ def _url(body: dict[str, Any], name: str) -> str:
     elif len(value) > MAX_URL_LENGTH:
         problem = f"at most {MAX_URL_LENGTH} characters"
     else:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
+        try:
+            parts = urlsplit(value)
+        except ValueError:  # e.g. "http://[::1": an unclosed IPv6 host
+            parts = None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             problem = "must be an absolute http:// or https:// URL"
     if problem:
         raise InvalidRequest(f"{name} {problem}.", details=[{"field": name, "message": problem}])

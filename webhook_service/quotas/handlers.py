@@ -22,6 +22,7 @@ from webhook_service.quotas.subscriptions import (
 from webhook_service.quotas.tenants import (
     TENANT_ID_RE,
     History,
+    customer_was_deleted,
     ensure_tenant,
     get_tenant,
     link_customer,
@@ -70,7 +71,10 @@ def checkout_session_completed(event: StripeEvent, ctx: EventContext) -> Handler
     history.watch_customer(customer)
     if ensure_tenant(ctx.conn, tenant_id, ctx.now):
         log.info("tenant_created_from_checkout", tenant_id=tenant_id)
-    link_customer(ctx.conn, tenant_id, customer, ctx.now)
+    if customer_was_deleted(ctx.conn, customer):
+        log.warning("checkout_for_deleted_customer", event_id=event.id, customer_id=customer)
+    else:
+        link_customer(ctx.conn, tenant_id, customer, ctx.now)
     history.record()
     return HandlerResult("processed", tenant_id)
 
@@ -94,8 +98,13 @@ def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult
     history = _history(event, ctx)
     history.watch_customer(state.customer_id)
     linked = tenant_for_customer(ctx.conn, state.customer_id)
-    meta_tenant = _valid_tenant_id(event, state.metadata_tenant_id, "metadata.tenant_id")
-    if linked is None and meta_tenant is not None:
+    # The metadata matters only to link a customer no tenant has yet.
+    meta_tenant = (
+        _valid_tenant_id(event, state.metadata_tenant_id, "metadata.tenant_id")
+        if linked is None
+        else None
+    )
+    if meta_tenant is not None and not customer_was_deleted(ctx.conn, state.customer_id):
         tenant = get_tenant(ctx.conn, meta_tenant)
         if tenant is None or tenant.stripe_customer_id is None:
             history.watch(meta_tenant)

@@ -16,16 +16,17 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, delete, insert, select, update
 
-from webhook_service.models import api_keys, tenant_changes, tenants
+from webhook_service.models import api_keys, stripe_events, tenant_changes, tenants
 from webhook_service.plans import PlanCatalog
 from webhook_service.quotas.state import Entitlement, tenant_entitlement
 
 log = structlog.get_logger(__name__)
 
-API_KEY_RE = re.compile(r"^nat_pk_[\x21-\x7e]{8,256}$")
-KEY_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-TENANT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-CUSTOMER_ID_RE = re.compile(r"^cus_[A-Za-z0-9_]{1,250}$")
+# \Z, not $: "$" also matches before a trailing newline ("tnt_1\n" would pass).
+API_KEY_RE = re.compile(r"^nat_pk_[\x21-\x7e]{8,256}\Z")
+KEY_HASH_RE = re.compile(r"^[0-9a-f]{64}\Z")
+TENANT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}\Z")
+CUSTOMER_ID_RE = re.compile(r"^cus_[A-Za-z0-9_]{1,250}\Z")
 
 
 def hash_key(api_key: str) -> str:
@@ -55,6 +56,26 @@ def tenant_for_customer(conn: Connection, customer_id: str | None) -> str | None
         select(tenants.c.id).where(tenants.c.stripe_customer_id == customer_id)
     ).scalar_one_or_none()
     return found
+
+
+def customer_was_deleted(conn: Connection, customer_id: str) -> bool:
+    """Has a ``customer.deleted`` of ``customer_id`` been applied? (Stripe never reuses ids.)
+
+    Stripe cancels a deleted customer's subscriptions in the same moment, so their
+    ``customer.subscription.deleted`` (or a slow ``checkout.session.completed``) may
+    arrive after ``customer.deleted``; such a late event must not link the dead
+    customer to its tenant again.
+    """
+    found = conn.execute(
+        select(stripe_events.c.id)
+        .where(
+            stripe_events.c.type == "customer.deleted",
+            stripe_events.c.object_id == customer_id,
+            stripe_events.c.outcome == "processed",
+        )
+        .limit(1)
+    ).first()
+    return found is not None
 
 
 def ensure_tenant(conn: Connection, tenant_id: str, now: datetime) -> bool:

@@ -22,7 +22,7 @@ import structlog
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from webhook_service.db import Database
 from webhook_service.models import stripe_events
@@ -60,8 +60,19 @@ class EventFailed(Exception):
 
 
 def describe_error(exc: BaseException) -> str:
-    """The message kept in ``last_error``: a handler's own words, or the exception's class."""
-    text = str(exc) if isinstance(exc, HandlerError) else f"{type(exc).__name__}: {exc}"
+    """The message kept in ``last_error``: a handler's own words, or the exception's class.
+
+    A database error is named by the driver's class and the first line of its message:
+    SQLAlchemy's full text carries the statement and its parameters (payload values),
+    which must reach neither the log, nor the answer to Stripe, nor the event log.
+    """
+    if isinstance(exc, HandlerError):
+        text = str(exc)
+    elif isinstance(exc, DBAPIError):
+        first_line = (str(exc.orig).strip().splitlines() or [""])[0]
+        text = f"{type(exc.orig).__name__}: {first_line}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
     return text[:MAX_ERROR_LENGTH]
 
 

@@ -8,6 +8,11 @@ from typing import Any
 
 from webhook_service.errors import InvalidPayload
 
+# What the log's columns hold: ids and types up to 255 characters, and a `created` that
+# is a real date (year 9999 at most; a BIGINT and datetime.fromtimestamp() take it).
+MAX_ID_LENGTH = 255
+MAX_CREATED = 253_402_300_799  # 9999-12-31T23:59:59Z
+
 
 @dataclass(frozen=True)
 class StripeEvent:
@@ -29,14 +34,14 @@ class StripeEvent:
     @property
     def object_id(self) -> str | None:
         value = self.object.get("id")
-        return value if isinstance(value, str) else None
+        return value if isinstance(value, str) and len(value) <= MAX_ID_LENGTH else None
 
 
 def parse_event(payload: str) -> StripeEvent:
     """Decode ``payload`` (already verified) into a :class:`StripeEvent`."""
     try:
         body = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise InvalidPayload("The body is not JSON.") from None
     if not isinstance(body, dict):
         raise InvalidPayload("The body is not a Stripe event object.")
@@ -46,11 +51,15 @@ def parse_event(payload: str) -> StripeEvent:
             "configure this endpoint for snapshot (v1) events."
         )
     event_id, event_type, created = body.get("id"), body.get("type"), body.get("created")
-    if not isinstance(event_id, str) or not event_id.startswith("evt_") or len(event_id) > 255:
+    if (
+        not isinstance(event_id, str)
+        or not event_id.startswith("evt_")
+        or len(event_id) > MAX_ID_LENGTH
+    ):
         raise InvalidPayload("The event has no valid 'id' (evt_...).")
-    if not isinstance(event_type, str) or not event_type or len(event_type) > 255:
+    if not isinstance(event_type, str) or not event_type or len(event_type) > MAX_ID_LENGTH:
         raise InvalidPayload("The event has no 'type'.")
-    if not isinstance(created, int) or isinstance(created, bool) or created < 0:
+    if not isinstance(created, int) or isinstance(created, bool) or not 0 <= created <= MAX_CREATED:
         raise InvalidPayload("The event has no valid 'created' timestamp.")
     if body.get("object", "event") != "event":
         raise InvalidPayload("The body is not a Stripe event object.")

@@ -9,6 +9,7 @@ reason for every rejection (for metrics and logs).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,10 @@ import stripe
 from webhook_service.errors import InvalidSignature
 
 SCHEME = stripe.WebhookSignature.EXPECTED_SCHEME
+MAX_HEADER_LENGTH = 8192
+# ASCII digits only, and few enough for int(): str.isdigit() also accepts superscripts
+# and other scripts' digits, and int() refuses strings of more than 4300 digits.
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
 
 
 @dataclass(frozen=True)
@@ -27,11 +32,15 @@ class VerifiedSignature:
 
 
 def _timestamp_and_schemes(header: str) -> tuple[int, set[str]]:
-    """Check the header's shape (``t=<int>,v1=<hex>,...``) well enough to say what is wrong."""
+    """Check the header's shape (``t=<int>,v1=<hex>,...``) well enough to say what is wrong.
+
+    Items are split exactly as the SDK splits them (no whitespace trimming), so that
+    what this reports is what the SDK will see.
+    """
     timestamp: int | None = None
     schemes: set[str] = set()
     for item in header.split(","):
-        key, sep, value = item.strip().partition("=")
+        key, sep, value = item.partition("=")
         if not sep or not key:
             raise InvalidSignature(
                 "Malformed Stripe-Signature header: expected comma-separated key=value pairs.",
@@ -39,7 +48,7 @@ def _timestamp_and_schemes(header: str) -> tuple[int, set[str]]:
             )
         if key == "t":
             if timestamp is None:
-                if not value.isdigit():
+                if not _TIMESTAMP_RE.fullmatch(value):
                     raise InvalidSignature(
                         "Malformed Stripe-Signature header: t is not a Unix timestamp.",
                         reason="malformed",
@@ -54,6 +63,27 @@ def _timestamp_and_schemes(header: str) -> tuple[int, set[str]]:
     return timestamp, schemes
 
 
+def check_header(header: str | None) -> int:
+    """Check that ``header`` is present and well formed with a ``v1``; return its timestamp.
+
+    This needs no body: a delivery without a usable header is refused as
+    ``INVALID_SIGNATURE`` before anything looks at what it carries.
+    """
+    if header is None or not header.strip():
+        raise InvalidSignature("No Stripe-Signature header was provided.", reason="missing")
+    if len(header) > MAX_HEADER_LENGTH:
+        raise InvalidSignature("Malformed Stripe-Signature header: too long.", reason="malformed")
+    timestamp, schemes = _timestamp_and_schemes(header)
+    if SCHEME not in schemes:
+        # Quoted (a stray space shows) and bounded: the header is the sender's text.
+        found = ", ".join(repr(s[:16]) for s in sorted(schemes)[:5]) or "none"
+        raise InvalidSignature(
+            f"No {SCHEME} signature in the Stripe-Signature header (schemes found: {found}).",
+            reason="no_v1",
+        )
+    return timestamp
+
+
 def verify_signature(
     payload: str,
     header: str | None,
@@ -63,17 +93,7 @@ def verify_signature(
     now: float | None = None,
 ) -> VerifiedSignature:
     """Return which secret signed ``payload``, or raise :class:`InvalidSignature`."""
-    if header is None or not header.strip():
-        raise InvalidSignature("No Stripe-Signature header was provided.", reason="missing")
-    if len(header) > 8192:
-        raise InvalidSignature("Malformed Stripe-Signature header: too long.", reason="malformed")
-    timestamp, schemes = _timestamp_and_schemes(header)
-    if SCHEME not in schemes:
-        found = ", ".join(sorted(schemes)) or "none"
-        raise InvalidSignature(
-            f"No {SCHEME} signature in the Stripe-Signature header (schemes found: {found}).",
-            reason="no_v1",
-        )
+    timestamp = check_header(header)
     matched: int | None = None
     for index, secret in enumerate(secrets):
         try:

@@ -19,7 +19,7 @@ from webhook_service.errors import (
 )
 from webhook_service.webhooks.eventlog import EventFailed
 from webhook_service.webhooks.events import parse_event
-from webhook_service.webhooks.signature import verify_signature
+from webhook_service.webhooks.signature import check_header, verify_signature
 
 bp = Blueprint("webhooks", __name__)
 
@@ -31,23 +31,29 @@ def receive_webhook() -> dict[str, Any]:
     settings = svc.settings
     if not settings.webhook_secrets:
         raise WebhookNotConfigured()
-    request.max_content_length = settings.max_webhook_bytes
+    limit = settings.max_webhook_bytes
+    # One byte over the limit: werkzeug stops a body sent without Content-Length
+    # (chunked) at max_content_length without an error, so a longer one is only seen
+    # as a body that fills limit + 1 bytes.
+    request.max_content_length = limit + 1
     try:
         body = request.get_data(cache=False)
     except RequestEntityTooLarge:
-        raise PayloadTooLarge(
-            f"The body is larger than MAX_WEBHOOK_BYTES ({settings.max_webhook_bytes} bytes)."
-        ) from None
+        body = None
+    if body is None or len(body) > limit:
+        raise PayloadTooLarge(f"The body is larger than MAX_WEBHOOK_BYTES ({limit} bytes).")
+    header = request.headers.get("Stripe-Signature")
     try:
-        payload = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidPayload("The body is not UTF-8; Stripe events are UTF-8 JSON.") from None
-    try:
+        # A delivery without a usable signature header is refused as such, whatever it carries.
+        check_header(header)
+        try:
+            payload = body.decode("utf-8")
+        except UnicodeDecodeError:
+            # Stripe signs UTF-8 text, and the SDK verifies only text: such a body
+            # cannot be a Stripe event, whoever signed it.
+            raise InvalidPayload("The body is not UTF-8; Stripe events are UTF-8 JSON.") from None
         verified = verify_signature(
-            payload,
-            request.headers.get("Stripe-Signature"),
-            settings.webhook_secrets,
-            settings.webhook_tolerance,
+            payload, header, settings.webhook_secrets, settings.webhook_tolerance
         )
     except InvalidSignature as exc:
         metrics.SIGNATURE_FAILURES.labels(exc.reason).inc()
