@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.pool import NullPool
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+# SQLite errors after which a connection is dropped rather than reused.
+_SQLITE_RECONNECT_ERRORS = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
 PG_CONNECT_TIMEOUT_S = 3
 PG_STATEMENT_TIMEOUT_MS = 10_000
 PG_LOCK_TIMEOUT_MS = 5_000
@@ -83,6 +85,16 @@ def _configure_sqlite(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             connection.exec_driver_sql("BEGIN")
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        # A connection opened while the file could not be written is silently read-only
+        # for good, and one that met an I/O error may keep failing: treat these like a
+        # lost server connection, so the pool drops them and the next transaction opens
+        # a fresh one, which writes again once the file is writable.
+        name = getattr(context.original_exception, "sqlite_errorname", "")
+        if name.startswith(_SQLITE_RECONNECT_ERRORS):
+            context.is_disconnect = True
 
 
 class Database:

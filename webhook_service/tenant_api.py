@@ -42,8 +42,16 @@ def init_rate_limit(app: Flask, *blueprints: Blueprint) -> Limiter:
         swallow_errors=True,
         in_memory_fallback_enabled=True,
     )
+    # One budget per key across every tenant endpoint (not one per route).
+    shared = limiter.shared_limit(settings.rate_limit, scope="tenant-api")
     for blueprint in blueprints:
-        limiter.limit(settings.rate_limit)(blueprint)
+        shared(blueprint)
+    limited = frozenset(blueprint.name for blueprint in blueprints)
+
+    @limiter.request_filter
+    def _not_a_tenant_endpoint() -> bool:
+        # The webhook, sync and operations endpoints skip the limiter's work entirely.
+        return request.blueprint not in limited
 
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(_exc: RateLimitExceeded) -> Response:
@@ -55,19 +63,29 @@ def init_rate_limit(app: Flask, *blueprints: Blueprint) -> Limiter:
     return limiter
 
 
-def current_tenant() -> TenantRef:
-    """The tenant of the request's X-API-Key (401 INVALID_API_KEY otherwise)."""
-    found: TenantRef | None = g.get("tenant")
-    if found is not None:
-        return found
+def request_api_key() -> str | None:
+    """The request's X-API-Key; a key sent as ``Authorization: Bearer`` gets a hint."""
     key = request.headers.get("X-API-Key")
     if key is None:
         authorization = request.headers.get("Authorization", "")
         if authorization.lower().startswith("bearer "):
             raise InvalidApiKey(hint=BEARER_HINT)
-    tenant = services().quotas.authenticate(key)
+    return key
+
+
+def bind_tenant(tenant_id: str) -> None:
+    """Name the tenant on the request's log line."""
+    structlog.contextvars.bind_contextvars(tenant_id=tenant_id)
+
+
+def current_tenant() -> TenantRef:
+    """The tenant of the request's X-API-Key (401 INVALID_API_KEY otherwise)."""
+    found: TenantRef | None = g.get("tenant")
+    if found is not None:
+        return found
+    tenant = services().quotas.authenticate(request_api_key())
     g.tenant = tenant
-    structlog.contextvars.bind_contextvars(tenant_id=tenant.id)
+    bind_tenant(tenant.id)
     return tenant
 
 

@@ -96,8 +96,7 @@ def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult
     """
     state = read_subscription(event, ctx.catalog.sells)
     history = _history(event, ctx)
-    history.watch_customer(state.customer_id)
-    linked = tenant_for_customer(ctx.conn, state.customer_id)
+    linked = history.watch_customer(state.customer_id)
     # The metadata matters only to link a customer no tenant has yet.
     meta_tenant = (
         _valid_tenant_id(event, state.metadata_tenant_id, "metadata.tenant_id")
@@ -134,10 +133,10 @@ def invoice_paid(event: StripeEvent, ctx: EventContext) -> HandlerResult:
         return HandlerResult("processed", tenant_for_customer(ctx.conn, customer))
     period = read_invoice_period(event)
     history = _history(event, ctx)
-    history.watch_customer(period.customer_id)
+    tenant_id = history.watch_customer(period.customer_id)
     advance_period(ctx.conn, period, ctx.now)
     history.record()
-    return HandlerResult("processed", tenant_for_customer(ctx.conn, period.customer_id))
+    return HandlerResult("processed", tenant_id)
 
 
 @router.register("invoice.payment_failed")

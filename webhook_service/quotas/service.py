@@ -204,12 +204,17 @@ class QuotaService:
         self.catalog = catalog
         self.clock = clock
 
-    def authenticate(self, api_key: str | None) -> TenantRef:
-        """The active tenant that owns ``api_key``; INVALID_API_KEY otherwise."""
+    @staticmethod
+    def _key_hash(api_key: str | None) -> str:
         if not api_key or not API_KEY_RE.match(api_key):
             raise InvalidApiKey()
+        return hash_key(api_key)
+
+    def authenticate(self, api_key: str | None) -> TenantRef:
+        """The active tenant that owns ``api_key``; INVALID_API_KEY otherwise."""
+        key_hash = self._key_hash(api_key)
         with self.database.transaction() as conn:
-            row = tenant_for_key(conn, hash_key(api_key))
+            row = tenant_for_key(conn, key_hash)
         if row is None:
             raise InvalidApiKey()
         return TenantRef(row.id, row.stripe_customer_id)
@@ -217,6 +222,15 @@ class QuotaService:
     def usage(self, tenant: TenantRef) -> Usage:
         with self.database.transaction() as conn:
             return tenant_usage(conn, tenant.id, tenant.customer_id, self.catalog, self.clock())
+
+    def usage_for_key(self, api_key: str | None) -> Usage:
+        """Authenticate ``api_key`` and report its tenant's usage, in one transaction."""
+        key_hash = self._key_hash(api_key)
+        with self.database.transaction() as conn:
+            row = tenant_for_key(conn, key_hash)
+            if row is None:
+                raise InvalidApiKey()
+            return tenant_usage(conn, row.id, row.stripe_customer_id, self.catalog, self.clock())
 
     def spend(self, tenant: TenantRef, count: int, idempotency_key: str | None) -> SpendResult:
         """Spend ``count`` scans, never past the quota, at most once per idempotency key."""

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from webhook_service.models import scan_spends, subscriptions
 from webhook_service.plans import PlanCatalog
@@ -69,14 +69,15 @@ class Usage:
         }
 
 
+_CUSTOMER_SUBSCRIPTIONS = select(subscriptions).where(
+    subscriptions.c.customer_id == bindparam("b_customer"), subscriptions.c.status.is_not(None)
+)
+
+
 def customer_subscriptions(conn: Connection, customer_id: str | None) -> Sequence[Any]:
     if not customer_id:
         return []
-    return conn.execute(
-        select(subscriptions).where(
-            subscriptions.c.customer_id == customer_id, subscriptions.c.status.is_not(None)
-        )
-    ).all()
+    return conn.execute(_CUSTOMER_SUBSCRIPTIONS, {"b_customer": customer_id}).all()
 
 
 def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Entitlement:
@@ -114,15 +115,21 @@ def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Ent
     )
 
 
+_SPENT_SINCE = select(func.coalesce(func.sum(scan_spends.c.count), 0)).where(
+    scan_spends.c.tenant_id == bindparam("b_tenant"),
+    scan_spends.c.spent_at >= bindparam("b_start", type_=scan_spends.c.spent_at.type),
+)
+_SPENT_IN = _SPENT_SINCE.where(
+    scan_spends.c.spent_at < bindparam("b_end", type_=scan_spends.c.spent_at.type)
+)
+
+
 def scans_used(conn: Connection, tenant_id: str, ent: Entitlement) -> int:
     """Scans spent in the window (everything since its start while it stays in force)."""
-    query = select(func.coalesce(func.sum(scan_spends.c.count), 0)).where(
-        scan_spends.c.tenant_id == tenant_id,
-        scan_spends.c.spent_at >= ent.window.start,
-    )
+    params = {"b_tenant": tenant_id, "b_start": ent.window.start}
     if ent.window_open:
-        query = query.where(scan_spends.c.spent_at < ent.window.end)
-    return int(conn.execute(query).scalar_one())
+        return int(conn.execute(_SPENT_IN, {**params, "b_end": ent.window.end}).scalar_one())
+    return int(conn.execute(_SPENT_SINCE, params).scalar_one())
 
 
 def tenant_entitlement(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -193,18 +193,36 @@ def read_invoice_period(event: StripeEvent) -> InvoicePeriod:
     return InvoicePeriod(sub_id, object_id(invoice.get("customer")), start, end)
 
 
+# Built once: the hot path executes them with parameters only.
+_PLACEHOLDER = {
+    "sqlite": sqlite_insert(subscriptions).on_conflict_do_nothing(index_elements=["id"]),
+    "postgresql": pg_insert(subscriptions).on_conflict_do_nothing(index_elements=["id"]),
+}
+_ROW = select(subscriptions).where(subscriptions.c.id == bindparam("b_id"))
+_ROW_FOR_UPDATE = _ROW.with_for_update()
+# Every mirrored column is a parameter named after the column.
+_MIRROR = update(subscriptions).where(subscriptions.c.id == bindparam("b_id"))
+
+
 def _lock_row(conn: Connection, sub_id: str, customer_id: str | None, now: datetime) -> Any:
     """Create the subscription's row if needed and lock it for this transaction."""
-    insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        # The transaction holds SQLite's write lock already: read first, insert if absent.
+        row = conn.execute(_ROW, {"b_id": sub_id}).one_or_none()
+        if row is not None:
+            return row
     conn.execute(
-        insert(subscriptions)
-        .values(id=sub_id, customer_id=customer_id, cancel_at_period_end=False, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["id"])
+        _PLACEHOLDER[dialect],
+        {
+            "id": sub_id,
+            "customer_id": customer_id,
+            "cancel_at_period_end": False,
+            "updated_at": now,
+        },
     )
-    query = select(subscriptions).where(subscriptions.c.id == sub_id)
-    if conn.dialect.name != "sqlite":
-        query = query.with_for_update()
-    return conn.execute(query).one()
+    query = _ROW if dialect == "sqlite" else _ROW_FOR_UPDATE
+    return conn.execute(query, {"b_id": sub_id}).one()
 
 
 def is_stale(row: Any, created: int, rank: int) -> bool:
@@ -237,25 +255,25 @@ def apply_subscription(
     if row.current_period_start is not None and row.current_period_start > start:
         start, end = row.current_period_start, row.current_period_end  # periods only move on
     conn.execute(
-        update(subscriptions)
-        .where(subscriptions.c.id == state.id)
-        .values(
-            customer_id=state.customer_id,
-            metadata_tenant_id=state.metadata_tenant_id,
-            status=state.status,
-            price_id=state.price_id,
-            price_lookup_key=state.price_lookup_key,
-            price_interval=state.price_interval,
-            price_interval_count=state.price_interval_count,
-            quantity=state.quantity,
-            cancel_at_period_end=state.cancel_at_period_end,
-            current_period_start=start,
-            current_period_end=end,
-            state_created=event.created,
-            state_rank=rank,
-            state_event_id=event.id,
-            updated_at=now,
-        )
+        _MIRROR,
+        {
+            "b_id": state.id,
+            "customer_id": state.customer_id,
+            "metadata_tenant_id": state.metadata_tenant_id,
+            "status": state.status,
+            "price_id": state.price_id,
+            "price_lookup_key": state.price_lookup_key,
+            "price_interval": state.price_interval,
+            "price_interval_count": state.price_interval_count,
+            "quantity": state.quantity,
+            "cancel_at_period_end": state.cancel_at_period_end,
+            "current_period_start": start,
+            "current_period_end": end,
+            "state_created": event.created,
+            "state_rank": rank,
+            "state_event_id": event.id,
+            "updated_at": now,
+        },
     )
     return True
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from webhook_service.models import api_keys, stripe_events, tenant_changes, tenants
 from webhook_service.plans import PlanCatalog
@@ -33,27 +33,34 @@ def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
 
 
+# Hot-path statements, built once and executed with parameters only.
+_TENANT = select(tenants).where(tenants.c.id == bindparam("b_tenant"))
+_TENANT_FOR_UPDATE = _TENANT.with_for_update()
+_TENANT_FOR_KEY = (
+    select(tenants.c.id, tenants.c.stripe_customer_id)
+    .select_from(api_keys.join(tenants, api_keys.c.tenant_id == tenants.c.id))
+    .where(api_keys.c.key_sha256 == bindparam("b_hash"), tenants.c.active.is_(True))
+)
+_TENANT_FOR_CUSTOMER = select(tenants.c.id).where(
+    tenants.c.stripe_customer_id == bindparam("b_customer")
+)
+
+
 def get_tenant(conn: Connection, tenant_id: str, *, lock: bool = False) -> Any:
-    query = select(tenants).where(tenants.c.id == tenant_id)
-    if lock and conn.dialect.name != "sqlite":
-        query = query.with_for_update()
-    return conn.execute(query).one_or_none()
+    query = _TENANT_FOR_UPDATE if lock and conn.dialect.name != "sqlite" else _TENANT
+    return conn.execute(query, {"b_tenant": tenant_id}).one_or_none()
 
 
 def tenant_for_key(conn: Connection, key_sha256: str) -> Any:
     """The active tenant owning a key hash, or None."""
-    return conn.execute(
-        select(tenants.c.id, tenants.c.stripe_customer_id)
-        .select_from(api_keys.join(tenants, api_keys.c.tenant_id == tenants.c.id))
-        .where(api_keys.c.key_sha256 == key_sha256, tenants.c.active.is_(True))
-    ).one_or_none()
+    return conn.execute(_TENANT_FOR_KEY, {"b_hash": key_sha256}).one_or_none()
 
 
 def tenant_for_customer(conn: Connection, customer_id: str | None) -> str | None:
     if not customer_id:
         return None
     found: str | None = conn.execute(
-        select(tenants.c.id).where(tenants.c.stripe_customer_id == customer_id)
+        _TENANT_FOR_CUSTOMER, {"b_customer": customer_id}
     ).scalar_one_or_none()
     return found
 
@@ -184,8 +191,15 @@ class History:
                 else tenant_entitlement(self.conn, row.stripe_customer_id, self.catalog, self.now)
             )
 
-    def watch_customer(self, customer_id: str | None) -> None:
-        self.watch(tenant_for_customer(self.conn, customer_id))
+    def watch_customer(self, customer_id: str | None) -> str | None:
+        """Watch the tenant linked to ``customer_id``; return that tenant (or None)."""
+        tenant_id = tenant_for_customer(self.conn, customer_id)
+        if tenant_id is not None and tenant_id not in self._before:
+            # The tenant was found by this customer: no need to read its row again.
+            self._before[tenant_id] = tenant_entitlement(
+                self.conn, customer_id, self.catalog, self.now
+            )
+        return tenant_id
 
     def record(self) -> list[str]:
         """Write the changes; return the tenants that changed."""

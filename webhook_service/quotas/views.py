@@ -10,7 +10,7 @@ from flask import Blueprint, request
 from webhook_service.context import services
 from webhook_service.errors import InvalidRequest, InvalidSyncKey, SyncNotConfigured
 from webhook_service.quotas.service import MAX_SPEND_COUNT, parse_sync_request
-from webhook_service.tenant_api import current_tenant, json_body
+from webhook_service.tenant_api import bind_tenant, current_tenant, json_body, request_api_key
 
 tenant_bp = Blueprint("tenant", __name__)
 sync_bp = Blueprint("sync", __name__)
@@ -19,8 +19,9 @@ sync_bp = Blueprint("sync", __name__)
 @tenant_bp.get("/api/v1/usage")
 def get_usage() -> dict[str, Any]:
     """The tenant's plan, quota and usage in the current window."""
-    tenant = current_tenant()
-    return services().quotas.usage(tenant).body()
+    usage = services().quotas.usage_for_key(request_api_key())
+    bind_tenant(usage.tenant_id)
+    return usage.body()
 
 
 @tenant_bp.post("/api/v1/usage/scans")

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -90,8 +90,24 @@ class EventLog:
         self.router = router
         self.catalog = catalog
         self.clock = clock
+        # Built once: statements on the hot path are executed with parameters only.
         dialect_insert = sqlite_insert if database.is_sqlite else pg_insert
         self._insert = dialect_insert(stripe_events).on_conflict_do_nothing(index_elements=["id"])
+        lookup = select(stripe_events.c.outcome, stripe_events.c.tenant_id).where(
+            stripe_events.c.id == bindparam("b_id")
+        )
+        self._lookup = lookup if database.is_sqlite else lookup.with_for_update()
+        self._finish = (
+            update(stripe_events)
+            .where(stripe_events.c.id == bindparam("b_id"))
+            .values(
+                attempts=stripe_events.c.attempts + 1,
+                outcome=bindparam("b_outcome"),
+                processed_at=bindparam("b_processed_at"),
+                last_error=bindparam("b_last_error"),
+                tenant_id=bindparam("b_tenant_id"),
+            )
+        )
 
     # -- processing -------------------------------------------------------
 
@@ -104,7 +120,6 @@ class EventLog:
             outcome = self._claim(conn, event, now)
             if outcome is not None:
                 return Receipt(event.id, event.type, "duplicate", outcome[1])
-            attempts = 1
             result: HandlerResult | None = None
             handler = self.router.handler_for(event.type)
             if handler is None:
@@ -127,20 +142,15 @@ class EventLog:
                             error=type(exc).__name__,
                             exc_info=exc,
                         )
-            values: dict[str, Any]
-            if result is not None:
-                values = {
-                    "outcome": result.outcome,
-                    "processed_at": now,
-                    "last_error": None,
-                    "tenant_id": result.tenant_id,
-                }
-            else:
-                values = {"outcome": "failed", "processed_at": None, "last_error": failure}
             conn.execute(
-                update(stripe_events)
-                .where(stripe_events.c.id == event.id)
-                .values(attempts=stripe_events.c.attempts + attempts, **values)
+                self._finish,
+                {
+                    "b_id": event.id,
+                    "b_outcome": result.outcome if result is not None else "failed",
+                    "b_processed_at": now if result is not None else None,
+                    "b_last_error": failure,
+                    "b_tenant_id": result.tenant_id if result is not None else None,
+                },
             )
         if failure is not None:
             raise EventFailed(event, failure)
@@ -154,27 +164,26 @@ class EventLog:
     ) -> tuple[str, str | None] | None:
         """Insert or lock the event's row; return (outcome, tenant) if it is already done."""
         inserted = conn.execute(
-            self._insert.values(
-                id=event.id,
-                type=event.type,
-                api_version=event.api_version,
-                created=event.created,
-                livemode=event.livemode,
-                received_at=now,
-                outcome="pending",
-                attempts=0,
-                object_id=event.object_id,
-                payload=event.payload,
-            )
+            self._insert,
+            {
+                "id": event.id,
+                "type": event.type,
+                "api_version": event.api_version,
+                "created": event.created,
+                "livemode": event.livemode,
+                "received_at": now,
+                "processed_at": None,
+                "outcome": "pending",
+                "attempts": 0,
+                "last_error": None,
+                "object_id": event.object_id,
+                "tenant_id": None,
+                "payload": event.payload,
+            },
         )
         if inserted.rowcount == 1:
             return None
-        query = select(stripe_events.c.outcome, stripe_events.c.tenant_id).where(
-            stripe_events.c.id == event.id
-        )
-        if not self.database.is_sqlite:
-            query = query.with_for_update()
-        row = conn.execute(query).one()
+        row = conn.execute(self._lookup, {"b_id": event.id}).one()
         if row.outcome in DONE_OUTCOMES:
             return row.outcome, row.tenant_id
         return None
