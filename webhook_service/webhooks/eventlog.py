@@ -50,6 +50,14 @@ class Receipt:
     duration_s: float = 0.0
 
 
+class _HandlerFailed(Exception):
+    """Carries a handler's exception out of the delivery's transaction (rolling it back)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class EventFailed(Exception):
     """A handler failed; the event is stored as ``failed`` with ``error``."""
 
@@ -112,52 +120,72 @@ class EventLog:
     # -- processing -------------------------------------------------------
 
     def receive(self, event: StripeEvent) -> Receipt:
-        """Log ``event`` once and apply it; raise :class:`EventFailed` if its handler fails."""
+        """Log ``event`` once and apply it; raise :class:`EventFailed` if its handler fails.
+
+        The handler runs in the delivery's transaction. If it raises, that whole
+        transaction rolls back (no savepoint on the happy path) and a second one records
+        the event as ``failed``, unless a concurrent copy has processed it meanwhile.
+        """
         started = time.perf_counter()
-        failure: str | None = None
-        with self.database.transaction(write=True) as conn:
-            now = self.clock()
-            outcome = self._claim(conn, event, now)
-            if outcome is not None:
-                return Receipt(event.id, event.type, "duplicate", outcome[1])
-            result: HandlerResult | None = None
-            handler = self.router.handler_for(event.type)
-            if handler is None:
-                result = HandlerResult("ignored")
-            else:
-                savepoint = conn.begin_nested()
-                try:
-                    result = handler(event, EventContext(conn, self.catalog, now))
-                    savepoint.commit()
-                except OperationalError:
-                    raise  # the database itself is failing: nothing is recorded, 503
-                except Exception as exc:
-                    savepoint.rollback()
-                    failure = describe_error(exc)
-                    if not isinstance(exc, HandlerError):
-                        log.error(
-                            "handler_crashed",
-                            event_id=event.id,
-                            event_type=event.type,
-                            error=type(exc).__name__,
-                            exc_info=exc,
-                        )
-            conn.execute(
-                self._finish,
-                {
-                    "b_id": event.id,
-                    "b_outcome": result.outcome if result is not None else "failed",
-                    "b_processed_at": now if result is not None else None,
-                    "b_last_error": failure,
-                    "b_tenant_id": result.tenant_id if result is not None else None,
-                },
-            )
-        if failure is not None:
-            raise EventFailed(event, failure)
-        assert result is not None
+        try:
+            with self.database.transaction(write=True) as conn:
+                now = self.clock()
+                outcome = self._claim(conn, event, now)
+                if outcome is not None:
+                    return Receipt(event.id, event.type, "duplicate", outcome[1])
+                handler = self.router.handler_for(event.type)
+                if handler is None:
+                    result = HandlerResult("ignored")
+                else:
+                    try:
+                        result = handler(event, EventContext(conn, self.catalog, now))
+                    except OperationalError:
+                        raise  # the database itself is failing: nothing is recorded, 503
+                    except Exception as exc:
+                        raise _HandlerFailed(exc) from exc
+                self._finish_row(conn, event.id, result.outcome, now, None, result.tenant_id)
+        except _HandlerFailed as failed:
+            cause = failed.cause
+            failure = describe_error(cause)
+            if not isinstance(cause, HandlerError):
+                log.error(
+                    "handler_crashed",
+                    event_id=event.id,
+                    event_type=event.type,
+                    error=type(cause).__name__,
+                    exc_info=cause,
+                )
+            self._record_failure(event, failure)
+            raise EventFailed(event, failure) from None
         return Receipt(
             event.id, event.type, result.outcome, result.tenant_id, time.perf_counter() - started
         )
+
+    def _finish_row(
+        self,
+        conn: Connection,
+        event_id: str,
+        outcome: str,
+        processed_at: datetime | None,
+        error: str | None,
+        tenant_id: str | None,
+    ) -> None:
+        conn.execute(
+            self._finish,
+            {
+                "b_id": event_id,
+                "b_outcome": outcome,
+                "b_processed_at": processed_at,
+                "b_last_error": error,
+                "b_tenant_id": tenant_id,
+            },
+        )
+
+    def _record_failure(self, event: StripeEvent, failure: str) -> None:
+        """Keep the event as ``failed`` with its error (a copy that succeeded meanwhile wins)."""
+        with self.database.transaction(write=True) as conn:
+            if self._claim(conn, event, self.clock()) is None:
+                self._finish_row(conn, event.id, "failed", None, failure, None)
 
     def _claim(
         self, conn: Connection, event: StripeEvent, now: datetime
