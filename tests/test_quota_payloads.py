@@ -135,3 +135,41 @@ def test_proration_invoices_do_not_move_the_period(
         assert post_event(event).json["outcome"] == "processed"
     assert usage_of(client, key)["period_start"] == "2025-01-01T00:00:00Z"
     assert count_rows(database, "tenant_changes", "tenant_id = 'tnt_proration'") == 2
+
+
+def test_quantity_zero_grants_zero_scans(
+    post_event: Callable[..., TestResponse],
+    make_tenant: Callable[..., str],
+    client: FlaskClient,
+    clock: Clock,
+) -> None:
+    """Multiply the plan by the item quantity, zero included (SPEC: scans x quantity)."""
+    clock.set(JAN[0] + 3600)
+    sub = Subscription()
+    key = make_tenant("tnt_zero_qty", customer=sub.customer)
+    assert (
+        post_event(
+            sub.event("customer.subscription.created", "active", JAN, JAN[0], quantity=0)
+        ).status_code
+        == 200
+    )
+    body = usage_of(client, key)
+    assert (body["plan"], body["scans_quota"], body["scans_remaining"]) == ("pro", 0, 0)
+
+
+@pytest.mark.parametrize("quantity", [-1, 2**70, "3"])
+def test_quantity_out_of_range_fails_the_event(
+    quantity: object,
+    post_event: Callable[..., TestResponse],
+    make_tenant: Callable[..., str],
+    database: Database,
+) -> None:
+    """Fail, naming the quantity, instead of storing a value no column or quota can hold."""
+    sub = Subscription()
+    make_tenant("tnt_bad_qty", customer=sub.customer)
+    event = sub.event("customer.subscription.created", "active", JAN, JAN[0])
+    event["data"]["object"]["items"]["data"][0]["quantity"] = quantity
+    error = failed_with(post_event(event), database, event)
+    assert error.startswith("customer.subscription.created: quantity ")
+    assert "is not an integer from 0 to 1000000" in error
+    assert count_rows(database, "subscriptions", "status IS NOT NULL") == 0

@@ -91,7 +91,7 @@ def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Ent
             # Possible only if the catalog lost a price after the event was applied.
             log.warning("subscription_price_not_in_catalog", subscription_id=sub.id)
             continue
-        quota = plan.scans_per_month * max(sub.quantity or 1, 1)
+        quota = plan.scans_per_month * (1 if sub.quantity is None else sub.quantity)
         candidate = (quota, sub.current_period_start, sub, plan)
         if best is None or candidate[:2] > best[:2]:
             best = candidate

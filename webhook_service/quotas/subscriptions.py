@@ -25,6 +25,9 @@ from webhook_service.quotas.state import TERMINAL_STATUSES
 from webhook_service.webhooks.events import StripeEvent
 from webhook_service.webhooks.registry import HandlerError
 
+# A subscription item's quantity that fits every column (and any real subscription).
+MAX_QUANTITY = 1_000_000
+
 # On the same second: created < updated/paused/resumed < deleted.
 EVENT_RANK = {
     "customer.subscription.created": 0,
@@ -126,6 +129,17 @@ def read_subscription(
         raise missing(event, "current_period_end")
 
     quantity = item.get("quantity", sub.get("quantity"))
+    if quantity is None:
+        quantity = 1  # metered prices carry no quantity
+    if (
+        not isinstance(quantity, int)
+        or isinstance(quantity, bool)
+        or not 0 <= quantity <= MAX_QUANTITY
+    ):
+        raise HandlerError(
+            f"{event.type}: quantity {str(quantity)[:32]} is not an integer from 0 to "
+            f"{MAX_QUANTITY} (api_version {event.api_version or 'unknown'})"
+        )
     metadata = sub.get("metadata") if isinstance(sub.get("metadata"), dict) else {}
     tenant_id = metadata.get("tenant_id") if metadata else None
     lookup_key = price.get("lookup_key")
@@ -137,7 +151,7 @@ def read_subscription(
         price_lookup_key=lookup_key if isinstance(lookup_key, str) else None,
         price_interval=interval if isinstance(interval, str) else None,
         price_interval_count=interval_count if isinstance(interval_count, int) else None,
-        quantity=quantity if isinstance(quantity, int) and quantity > 0 else 1,
+        quantity=quantity,
         period_start=start,
         period_end=end,
         cancel_at_period_end=bool(sub.get("cancel_at_period_end", False)),
