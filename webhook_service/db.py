@@ -55,6 +55,14 @@ def create_db_engine(url: str, *, pool: bool = True) -> Engine:
             "connect_timeout": PG_CONNECT_TIMEOUT_S,
             "options": options,
             "application_name": "nat-webhook-service",
+            # A server that stops answering (not resetting) is noticed in seconds, not
+            # at gunicorn's worker timeout: unacknowledged sends fail after 5 s, and idle
+            # connections are probed by TCP keepalives.
+            "tcp_user_timeout": 5000,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
         },
         "pool_pre_ping": True,
         "hide_parameters": True,
