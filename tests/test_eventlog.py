@@ -311,8 +311,7 @@ def test_database_error_in_a_handler_fails_without_leaking_values(
     """Keep an event whose handler hit a database error as failed, naming no payload value."""
     event = active_subscription_event(se.DEFAULT_PRICE_ID, "tnt_overflow")
     for item in event["data"]["object"]["items"]["data"]:
-        item["quantity"] = 2**70  # more than any integer column holds
-    event["data"]["object"]["quantity"] = 2**70
+        item["price"]["recurring"]["interval_count"] = 2**70  # more than any column holds
     customer = event["data"]["object"]["customer"]
     response = post_event(event)
     assert response.status_code == 500

@@ -185,7 +185,7 @@ def test_nothing_secret_or_from_a_payload_is_ever_logged(
         metadata={"tenant_id": tenant, "note": marker},
     )
     for item in crashing["data"]["object"]["items"]["data"]:
-        item["quantity"] = 2**70
+        item["price"]["recurring"]["interval_count"] = 2**70  # a database error in the handler
     assert post_event(crashing).status_code == 500
     # Tenant sync and tenant endpoints, with keys right, wrong and in the wrong header.
     sync = {"tenants": [{"tenant_id": tenant, "api_keys": [api_key]}]}
