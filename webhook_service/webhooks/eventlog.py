@@ -100,7 +100,13 @@ class EventLog:
         self.clock = clock
         # Built once: statements on the hot path are executed with parameters only.
         dialect_insert = sqlite_insert if database.is_sqlite else pg_insert
-        self._insert = dialect_insert(stripe_events).on_conflict_do_nothing(index_elements=["id"])
+        # RETURNING tells whether this delivery inserted the row (psycopg's rowcount
+        # for ON CONFLICT DO NOTHING is not reliable through SQLAlchemy).
+        self._insert = (
+            dialect_insert(stripe_events)
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(stripe_events.c.id)
+        )
         lookup = select(stripe_events.c.outcome, stripe_events.c.tenant_id).where(
             stripe_events.c.id == bindparam("b_id")
         )
@@ -209,7 +215,7 @@ class EventLog:
                 "payload": event.payload,
             },
         )
-        if inserted.rowcount == 1:
+        if inserted.first() is not None:
             return None
         row = conn.execute(self._lookup, {"b_id": event.id}).one()
         if row.outcome in DONE_OUTCOMES:
