@@ -34,8 +34,10 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -n 2 --dist loadgroup -q
 
+## Benchmark against Stripe's sample receiver (not part of test); writes bench/RESULTS.md.
+## `make bench BENCH_ARGS=--quick` for a one-minute smoke run; see bench/README.md.
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
