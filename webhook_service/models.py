@@ -23,6 +23,11 @@ from sqlalchemy import (
 )
 
 
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime (the default clock of the services)."""
+    return datetime.now(UTC)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on both engines (SQLite keeps no zone)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -13,7 +13,7 @@ from sqlalchemy import insert, select, update
 from webhook_service import metrics
 from webhook_service.db import Database
 from webhook_service.errors import InvalidApiKey, InvalidRequest, QuotaExceeded
-from webhook_service.models import scan_spends, tenants
+from webhook_service.models import scan_spends, tenants, utcnow
 from webhook_service.plans import PlanCatalog
 from webhook_service.quotas.state import Usage, rfc3339, tenant_usage
 from webhook_service.quotas.tenants import (
@@ -36,10 +36,6 @@ from webhook_service.quotas.tenants import (
 
 MAX_SPEND_COUNT = 1000
 MAX_SYNC_TENANTS = 10_000
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from webhook_service.db import Database
-from webhook_service.models import stripe_events
+from webhook_service.models import stripe_events, utcnow
 from webhook_service.plans import PlanCatalog
 from webhook_service.webhooks.events import StripeEvent, parse_event
 from webhook_service.webhooks.registry import EventContext, HandlerError, HandlerResult, Router
@@ -35,10 +35,6 @@ log = structlog.get_logger(__name__)
 DONE_OUTCOMES = ("processed", "ignored", "stale")
 ReceiptOutcome = Literal["processed", "duplicate", "ignored", "stale"]
 MAX_ERROR_LENGTH = 2000
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
