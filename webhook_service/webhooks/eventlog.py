@@ -1,8 +1,9 @@
 """The durable event log and the exactly-once processing pipeline.
 
 One transaction per delivery: the log row is inserted (or found and locked), the
-handler runs inside a savepoint, and the row's outcome is written beside the handler's
-effects. Nothing is acknowledged before that transaction commits.
+handler runs in the same transaction, and the row's outcome is written beside the
+handler's effects. Nothing is acknowledged before that transaction commits. A handler
+that raises rolls the whole transaction back; a second one records the event as failed.
 
 Duplicates: the row is keyed by the event id. On PostgreSQL a concurrent copy blocks
 on the primary key (``ON CONFLICT DO NOTHING``) and then on ``SELECT ... FOR UPDATE``
