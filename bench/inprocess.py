@@ -38,9 +38,11 @@ from bench.harness import (
     drop_pg_database,
 )
 from tests import stripe_events as se
+from webhook_service import sql
 from webhook_service.app import create_app
 from webhook_service.db import Database
 from webhook_service.migrate import upgrade
+from webhook_service.sql import Prepared
 
 
 def _statement_kind(statement: str) -> str:
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres-url", default=DEFAULT_PG_URL.replace("nat_bench", "nat_inproc"))
     parser.add_argument("--cprofile", choices=("webhook", "usage", "spend"), action="append")
     parser.add_argument("--top", type=int, default=35)
+    parser.add_argument("--dump-dir", help="also write each cProfile as DIR/<endpoint>.prof")
     args = parser.parse_args(argv)
 
     tmp = tempfile.TemporaryDirectory(prefix="nat-inprocess-")
@@ -110,6 +113,18 @@ def main(argv: list[str] | None = None) -> int:
         @event.listens_for(engine, "before_cursor_execute")
         def _count(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
             statements[_statement_kind(statement)] += 1
+
+        # Prepared statements go straight to the driver's cursor: count them where the
+        # service's modules call webhook_service.sql.run.
+        run = sql.run
+
+        def _counting_run(conn: Any, prepared: Prepared, params: Any = None) -> Any:
+            statements[_statement_kind(prepared.plan(conn.dialect).sql)] += 1
+            return run(conn, prepared, params)
+
+        for name, module in list(sys.modules.items()):
+            if name.startswith("webhook_service.") and getattr(module, "run", None) is run:
+                module.run = _counting_run  # type: ignore[attr-defined]
 
         def webhook_calls(n: int) -> list[Callable[[], Any]]:
             bodies = stream.batch(n, int(time.time()))
@@ -193,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
             for stmt, count in sorted(statements.items(), key=lambda kv: -kv[1]):
                 print(f"{'':6}{count / args.n:5.2f}  {stmt}")
             if profiler:
+                if args.dump_dir:
+                    profiler.dump_stats(str(Path(args.dump_dir) / f"{kind}.prof"))
                 text = io.StringIO()
                 pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(args.top)
                 print(text.getvalue())

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 
 
@@ -77,9 +78,20 @@ stripe_events = Table(
     Column("object_id", String(255)),
     Column("tenant_id", String(64)),
     Column("payload", Text, nullable=False),
-    Index("ix_stripe_events_outcome_received_at", "outcome", "received_at"),
-    Index("ix_stripe_events_type", "type"),
     Index("ix_stripe_events_received_at", "received_at"),
+    # Partial: only the rows the lookups want, so a processed event touches neither.
+    Index(
+        "ix_stripe_events_failed",
+        "received_at",
+        sqlite_where=text("outcome = 'failed'"),
+        postgresql_where=text("outcome = 'failed'"),
+    ),
+    Index(
+        "ix_stripe_events_customer_deleted",
+        "object_id",
+        sqlite_where=text("type = 'customer.deleted'"),
+        postgresql_where=text("type = 'customer.deleted'"),
+    ),
 )
 
 tenants = Table(

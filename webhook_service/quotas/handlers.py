@@ -103,6 +103,7 @@ def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult
         if linked is None
         else None
     )
+    relinked = False
     if meta_tenant is not None and not customer_was_deleted(ctx.conn, state.customer_id):
         tenant = get_tenant(ctx.conn, meta_tenant)
         if tenant is None or tenant.stripe_customer_id is None:
@@ -110,6 +111,7 @@ def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult
             ensure_tenant(ctx.conn, meta_tenant, ctx.now)
             link_customer(ctx.conn, meta_tenant, state.customer_id, ctx.now)
             linked = meta_tenant
+            relinked = True
 
     def check_price(applied: SubscriptionState) -> None:
         if applied.status not in GRANTING_STATUSES:
@@ -118,7 +120,9 @@ def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult
             raise HandlerError(f"UNKNOWN_PRICE {applied.price_id or applied.price_lookup_key}")
 
     applied = apply_subscription(ctx.conn, state, event, ctx.now, check_price)
-    history.record()
+    if applied or relinked:
+        history.record()
+    # else nothing a quota depends on was written: "after" would equal "before".
     if not applied:
         log.info("stale_event", event_id=event.id, subscription_id=state.id)
     return HandlerResult("processed" if applied else "stale", linked)
@@ -134,8 +138,9 @@ def invoice_paid(event: StripeEvent, ctx: EventContext) -> HandlerResult:
     period = read_invoice_period(event)
     history = _history(event, ctx)
     tenant_id = history.watch_customer(period.customer_id)
-    advance_period(ctx.conn, period, ctx.now)
-    history.record()
+    if advance_period(ctx.conn, period, ctx.now):
+        history.record()
+    # else the period was current already: no quota can have changed.
     return HandlerResult("processed", tenant_id)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 
 from webhook_service import metrics
 from webhook_service.db import Database
@@ -33,8 +33,19 @@ from webhook_service.quotas.tenants import (
     replace_keys,
     tenant_for_key,
 )
+from webhook_service.sql import Prepared, run
 
 MAX_SPEND_COUNT = 1000
+_PRIOR_SPEND = Prepared(
+    select(scan_spends.c.response).where(
+        scan_spends.c.tenant_id == bindparam("b_tenant"),
+        scan_spends.c.idempotency_key == bindparam("b_key"),
+    )
+)
+_RECORD_SPEND = Prepared(
+    insert(scan_spends),
+    column_keys=("tenant_id", "count", "spent_at", "idempotency_key", "response"),
+)
 MAX_SYNC_TENANTS = 10_000
 
 
@@ -235,11 +246,8 @@ class QuotaService:
             if row is None or not row.active:
                 raise InvalidApiKey()
             if idempotency_key is not None:
-                prior = conn.execute(
-                    select(scan_spends.c.response).where(
-                        scan_spends.c.tenant_id == tenant.id,
-                        scan_spends.c.idempotency_key == idempotency_key,
-                    )
+                prior = run(
+                    conn, _PRIOR_SPEND, {"b_tenant": tenant.id, "b_key": idempotency_key}
                 ).scalar_one_or_none()
                 if prior is not None:
                     return SpendResult(json.loads(prior), replayed=True)
@@ -253,14 +261,16 @@ class QuotaService:
                     quota_reset_date=rfc3339(reset),
                 )
             body = Usage(tenant.id, usage.entitlement, usage.scans_used + count).body()
-            conn.execute(
-                insert(scan_spends).values(
-                    tenant_id=tenant.id,
-                    count=count,
-                    spent_at=now,
-                    idempotency_key=idempotency_key,
-                    response=json.dumps(body),
-                )
+            run(
+                conn,
+                _RECORD_SPEND,
+                {
+                    "tenant_id": tenant.id,
+                    "count": count,
+                    "spent_at": now,
+                    "idempotency_key": idempotency_key,
+                    "response": json.dumps(body),
+                },
             )
         metrics.SCAN_SPENDS.inc(count)
         return SpendResult(body, replayed=False)

@@ -13,6 +13,7 @@ from sqlalchemy import Connection, bindparam, func, select
 from webhook_service.models import scan_spends, subscriptions
 from webhook_service.plans import PlanCatalog
 from webhook_service.quotas.periods import Window, billing_window, calendar_month
+from webhook_service.sql import Prepared, run
 
 log = structlog.get_logger(__name__)
 
@@ -69,15 +70,18 @@ class Usage:
         }
 
 
-_CUSTOMER_SUBSCRIPTIONS = select(subscriptions).where(
-    subscriptions.c.customer_id == bindparam("b_customer"), subscriptions.c.status.is_not(None)
+_CUSTOMER_SUBSCRIPTIONS = Prepared(
+    select(subscriptions).where(
+        subscriptions.c.customer_id == bindparam("b_customer"),
+        subscriptions.c.status.is_not(None),
+    )
 )
 
 
 def customer_subscriptions(conn: Connection, customer_id: str | None) -> Sequence[Any]:
     if not customer_id:
         return []
-    return conn.execute(_CUSTOMER_SUBSCRIPTIONS, {"b_customer": customer_id}).all()
+    return run(conn, _CUSTOMER_SUBSCRIPTIONS, {"b_customer": customer_id}).all()
 
 
 def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Entitlement:
@@ -115,12 +119,15 @@ def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Ent
     )
 
 
-_SPENT_SINCE = select(func.coalesce(func.sum(scan_spends.c.count), 0)).where(
+_SPENT_SINCE_QUERY = select(func.coalesce(func.sum(scan_spends.c.count), 0)).where(
     scan_spends.c.tenant_id == bindparam("b_tenant"),
     scan_spends.c.spent_at >= bindparam("b_start", type_=scan_spends.c.spent_at.type),
 )
-_SPENT_IN = _SPENT_SINCE.where(
-    scan_spends.c.spent_at < bindparam("b_end", type_=scan_spends.c.spent_at.type)
+_SPENT_SINCE = Prepared(_SPENT_SINCE_QUERY)
+_SPENT_IN = Prepared(
+    _SPENT_SINCE_QUERY.where(
+        scan_spends.c.spent_at < bindparam("b_end", type_=scan_spends.c.spent_at.type)
+    )
 )
 
 
@@ -128,8 +135,8 @@ def scans_used(conn: Connection, tenant_id: str, ent: Entitlement) -> int:
     """Scans spent in the window (everything since its start while it stays in force)."""
     params = {"b_tenant": tenant_id, "b_start": ent.window.start}
     if ent.window_open:
-        return int(conn.execute(_SPENT_IN, {**params, "b_end": ent.window.end}).scalar_one())
-    return int(conn.execute(_SPENT_SINCE, params).scalar_one())
+        return int(run(conn, _SPENT_IN, {**params, "b_end": ent.window.end}).scalar_one())
+    return int(run(conn, _SPENT_SINCE, params).scalar_one())
 
 
 def tenant_entitlement(

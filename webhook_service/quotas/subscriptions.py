@@ -22,6 +22,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from webhook_service.models import subscriptions
 from webhook_service.quotas.state import TERMINAL_STATUSES
+from webhook_service.sql import Prepared, run
 from webhook_service.webhooks.events import StripeEvent
 from webhook_service.webhooks.registry import HandlerError
 
@@ -207,15 +208,52 @@ def read_invoice_period(event: StripeEvent) -> InvoicePeriod:
     return InvoicePeriod(sub_id, object_id(invoice.get("customer")), start, end)
 
 
-# Built once: the hot path executes them with parameters only.
+# Built once: the hot path runs them with parameters only.
+_PLACEHOLDER_COLUMNS = ("id", "customer_id", "cancel_at_period_end", "updated_at")
 _PLACEHOLDER = {
-    "sqlite": sqlite_insert(subscriptions).on_conflict_do_nothing(index_elements=["id"]),
-    "postgresql": pg_insert(subscriptions).on_conflict_do_nothing(index_elements=["id"]),
+    "sqlite": Prepared(
+        sqlite_insert(subscriptions).on_conflict_do_nothing(index_elements=["id"]),
+        column_keys=_PLACEHOLDER_COLUMNS,
+    ),
+    "postgresql": Prepared(
+        pg_insert(subscriptions).on_conflict_do_nothing(index_elements=["id"]),
+        column_keys=_PLACEHOLDER_COLUMNS,
+    ),
 }
-_ROW = select(subscriptions).where(subscriptions.c.id == bindparam("b_id"))
-_ROW_FOR_UPDATE = _ROW.with_for_update()
+_ROW_QUERY = select(subscriptions).where(subscriptions.c.id == bindparam("b_id"))
+_ROW = Prepared(_ROW_QUERY)
+_ROW_FOR_UPDATE = Prepared(_ROW_QUERY.with_for_update())
 # Every mirrored column is a parameter named after the column.
-_MIRROR = update(subscriptions).where(subscriptions.c.id == bindparam("b_id"))
+_MIRROR_COLUMNS = (
+    "customer_id",
+    "metadata_tenant_id",
+    "status",
+    "price_id",
+    "price_lookup_key",
+    "price_interval",
+    "price_interval_count",
+    "quantity",
+    "cancel_at_period_end",
+    "current_period_start",
+    "current_period_end",
+    "state_created",
+    "state_rank",
+    "state_event_id",
+    "updated_at",
+)
+_UPDATE = update(subscriptions).where(subscriptions.c.id == bindparam("b_id"))
+_MIRROR = Prepared(_UPDATE, column_keys=_MIRROR_COLUMNS)
+# advance_period: the customer (when only an invoice named it), the period, or both.
+_ADVANCE = {
+    (True, False): Prepared(_UPDATE, column_keys=("customer_id",)),
+    (False, True): Prepared(
+        _UPDATE, column_keys=("current_period_start", "current_period_end", "updated_at")
+    ),
+    (True, True): Prepared(
+        _UPDATE,
+        column_keys=("customer_id", "current_period_start", "current_period_end", "updated_at"),
+    ),
+}
 
 
 def _lock_row(conn: Connection, sub_id: str, customer_id: str | None, now: datetime) -> Any:
@@ -223,10 +261,11 @@ def _lock_row(conn: Connection, sub_id: str, customer_id: str | None, now: datet
     dialect = conn.dialect.name
     if dialect == "sqlite":
         # The transaction holds SQLite's write lock already: read first, insert if absent.
-        row = conn.execute(_ROW, {"b_id": sub_id}).one_or_none()
+        row = run(conn, _ROW, {"b_id": sub_id}).one_or_none()
         if row is not None:
             return row
-    conn.execute(
+    run(
+        conn,
         _PLACEHOLDER[dialect],
         {
             "id": sub_id,
@@ -236,7 +275,7 @@ def _lock_row(conn: Connection, sub_id: str, customer_id: str | None, now: datet
         },
     )
     query = _ROW if dialect == "sqlite" else _ROW_FOR_UPDATE
-    return conn.execute(query, {"b_id": sub_id}).one()
+    return run(conn, query, {"b_id": sub_id}).one()
 
 
 def is_stale(row: Any, created: int, rank: int) -> bool:
@@ -268,7 +307,8 @@ def apply_subscription(
     start, end = state.period_start, state.period_end
     if row.current_period_start is not None and row.current_period_start > start:
         start, end = row.current_period_start, row.current_period_end  # periods only move on
-    conn.execute(
+    run(
+        conn,
         _MIRROR,
         {
             "b_id": state.id,
@@ -293,10 +333,14 @@ def apply_subscription(
 
 
 def advance_period(conn: Connection, period: InvoicePeriod, now: datetime) -> bool:
-    """Move the subscription's period forward to the invoiced one; False if not newer."""
+    """Move the subscription's period forward to the invoiced one; False if nothing changed.
+
+    (An invoice may also name the customer of a subscription known only from invoices.)
+    """
     row = _lock_row(conn, period.subscription_id, period.customer_id, now)
-    values: dict[str, Any] = {}
-    if row.customer_id is None and period.customer_id:
+    values: dict[str, Any] = {"b_id": period.subscription_id}
+    set_customer = row.customer_id is None and bool(period.customer_id)
+    if set_customer:
         values["customer_id"] = period.customer_id
     newer = row.current_period_start is None or period.period_start > row.current_period_start
     if newer:
@@ -305,8 +349,7 @@ def advance_period(conn: Connection, period: InvoicePeriod, now: datetime) -> bo
             current_period_end=period.period_end,
             updated_at=now,
         )
-    if values:
-        conn.execute(
-            update(subscriptions).where(subscriptions.c.id == period.subscription_id).values(values)
-        )
-    return newer
+    if set_customer or newer:
+        run(conn, _ADVANCE[set_customer, newer], values)
+        return True
+    return False

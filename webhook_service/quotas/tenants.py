@@ -19,6 +19,7 @@ from sqlalchemy import Connection, bindparam, delete, insert, select, update
 from webhook_service.models import api_keys, stripe_events, tenant_changes, tenants
 from webhook_service.plans import PlanCatalog
 from webhook_service.quotas.state import Entitlement, tenant_entitlement
+from webhook_service.sql import Prepared, run
 
 log = structlog.get_logger(__name__)
 
@@ -33,34 +34,56 @@ def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode("utf-8")).hexdigest()
 
 
-# Hot-path statements, built once and executed with parameters only.
-_TENANT = select(tenants).where(tenants.c.id == bindparam("b_tenant"))
-_TENANT_FOR_UPDATE = _TENANT.with_for_update()
-_TENANT_FOR_KEY = (
+# Hot-path statements, built once and run with parameters only.
+_TENANT_QUERY = select(tenants).where(tenants.c.id == bindparam("b_tenant"))
+_TENANT = Prepared(_TENANT_QUERY)
+_TENANT_FOR_UPDATE = Prepared(_TENANT_QUERY.with_for_update())
+_TENANT_FOR_KEY = Prepared(
     select(tenants.c.id, tenants.c.stripe_customer_id)
     .select_from(api_keys.join(tenants, api_keys.c.tenant_id == tenants.c.id))
     .where(api_keys.c.key_sha256 == bindparam("b_hash"), tenants.c.active.is_(True))
 )
-_TENANT_FOR_CUSTOMER = select(tenants.c.id).where(
-    tenants.c.stripe_customer_id == bindparam("b_customer")
+_TENANT_FOR_CUSTOMER = Prepared(
+    select(tenants.c.id).where(tenants.c.stripe_customer_id == bindparam("b_customer"))
 )
+_CUSTOMER_DELETED = Prepared(
+    select(stripe_events.c.id)
+    .where(
+        stripe_events.c.type == "customer.deleted",
+        stripe_events.c.object_id == bindparam("b_customer"),
+        stripe_events.c.outcome == "processed",
+    )
+    .limit(1)
+)
+_CHANGE_COLUMNS = (
+    "tenant_id",
+    "source",
+    "event_id",
+    "changed_at",
+    "plan",
+    "subscription_status",
+    "scans_quota",
+    "period_start",
+    "quota_reset_date",
+)
+_RECORD_CHANGE = Prepared(insert(tenant_changes), column_keys=_CHANGE_COLUMNS)
 
 
 def get_tenant(conn: Connection, tenant_id: str, *, lock: bool = False) -> Any:
     query = _TENANT_FOR_UPDATE if lock and conn.dialect.name != "sqlite" else _TENANT
-    return conn.execute(query, {"b_tenant": tenant_id}).one_or_none()
+    return run(conn, query, {"b_tenant": tenant_id}).one_or_none()
 
 
 def tenant_for_key(conn: Connection, key_sha256: str) -> Any:
     """The active tenant owning a key hash, or None."""
-    return conn.execute(_TENANT_FOR_KEY, {"b_hash": key_sha256}).one_or_none()
+    return run(conn, _TENANT_FOR_KEY, {"b_hash": key_sha256}).one_or_none()
 
 
 def tenant_for_customer(conn: Connection, customer_id: str | None) -> str | None:
     if not customer_id:
         return None
-    found: str | None = conn.execute(
-        _TENANT_FOR_CUSTOMER, {"b_customer": customer_id}
+    found: str | None = run(
+        conn, _TENANT_FOR_CUSTOMER, {"b_customer": customer_id}
     ).scalar_one_or_none()
     return found
 
@@ -73,16 +96,7 @@ def customer_was_deleted(conn: Connection, customer_id: str) -> bool:
     arrive after ``customer.deleted``; such a late event must not link the dead
     customer to its tenant again.
     """
-    found = conn.execute(
-        select(stripe_events.c.id)
-        .where(
-            stripe_events.c.type == "customer.deleted",
-            stripe_events.c.object_id == customer_id,
-            stripe_events.c.outcome == "processed",
-        )
-        .limit(1)
-    ).first()
-    return found is not None
+    return run(conn, _CUSTOMER_DELETED, {"b_customer": customer_id}).first() is not None
 
 
 def ensure_tenant(conn: Connection, tenant_id: str, now: datetime) -> bool:
@@ -212,18 +226,20 @@ class History:
             if before is not None and before.key() == after.key():
                 continue
             changed.append(tenant_id)
-            self.conn.execute(
-                insert(tenant_changes).values(
-                    tenant_id=tenant_id,
-                    source=self.source,
-                    event_id=self.event_id,
-                    changed_at=self.now,
-                    plan=after.plan,
-                    subscription_status=after.subscription_status,
-                    scans_quota=after.scans_quota,
-                    period_start=after.window.start,
-                    quota_reset_date=after.window.end,
-                )
+            run(
+                self.conn,
+                _RECORD_CHANGE,
+                {
+                    "tenant_id": tenant_id,
+                    "source": self.source,
+                    "event_id": self.event_id,
+                    "changed_at": self.now,
+                    "plan": after.plan,
+                    "subscription_status": after.subscription_status,
+                    "scans_quota": after.scans_quota,
+                    "period_start": after.window.start,
+                    "quota_reset_date": after.window.end,
+                },
             )
         self._before.clear()
         return changed

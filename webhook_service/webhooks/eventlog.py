@@ -28,6 +28,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from webhook_service.db import Database
 from webhook_service.models import stripe_events, utcnow
 from webhook_service.plans import PlanCatalog
+from webhook_service.sql import Prepared, run
 from webhook_service.webhooks.events import StripeEvent, parse_event
 from webhook_service.webhooks.registry import EventContext, HandlerError, HandlerResult, Router
 
@@ -36,6 +37,21 @@ log = structlog.get_logger(__name__)
 DONE_OUTCOMES = ("processed", "ignored", "stale")
 ReceiptOutcome = Literal["processed", "duplicate", "ignored", "stale"]
 MAX_ERROR_LENGTH = 2000
+_INSERT_COLUMNS = (
+    "id",
+    "type",
+    "api_version",
+    "created",
+    "livemode",
+    "received_at",
+    "processed_at",
+    "outcome",
+    "attempts",
+    "last_error",
+    "object_id",
+    "tenant_id",
+    "payload",
+)
 
 
 @dataclass(frozen=True)
@@ -99,16 +115,17 @@ class EventLog:
         dialect_insert = sqlite_insert if database.is_sqlite else pg_insert
         # RETURNING tells whether this delivery inserted the row (psycopg's rowcount
         # for ON CONFLICT DO NOTHING is not reliable through SQLAlchemy).
-        self._insert = (
+        self._insert = Prepared(
             dialect_insert(stripe_events)
             .on_conflict_do_nothing(index_elements=["id"])
-            .returning(stripe_events.c.id)
+            .returning(stripe_events.c.id),
+            column_keys=_INSERT_COLUMNS,
         )
         lookup = select(stripe_events.c.outcome, stripe_events.c.tenant_id).where(
             stripe_events.c.id == bindparam("b_id")
         )
-        self._lookup = lookup if database.is_sqlite else lookup.with_for_update()
-        self._finish = (
+        self._lookup = Prepared(lookup if database.is_sqlite else lookup.with_for_update())
+        self._finish = Prepared(
             update(stripe_events)
             .where(stripe_events.c.id == bindparam("b_id"))
             .values(
@@ -117,7 +134,8 @@ class EventLog:
                 processed_at=bindparam("b_processed_at"),
                 last_error=bindparam("b_last_error"),
                 tenant_id=bindparam("b_tenant_id"),
-            )
+            ),
+            column_keys=(),
         )
 
     # -- processing -------------------------------------------------------
@@ -173,7 +191,8 @@ class EventLog:
         error: str | None,
         tenant_id: str | None,
     ) -> None:
-        conn.execute(
+        run(
+            conn,
             self._finish,
             {
                 "b_id": event_id,
@@ -194,7 +213,8 @@ class EventLog:
         self, conn: Connection, event: StripeEvent, now: datetime
     ) -> tuple[str, str | None] | None:
         """Insert or lock the event's row; return (outcome, tenant) if it is already done."""
-        inserted = conn.execute(
+        inserted = run(
+            conn,
             self._insert,
             {
                 "id": event.id,
@@ -214,7 +234,7 @@ class EventLog:
         )
         if inserted.first() is not None:
             return None
-        row = conn.execute(self._lookup, {"b_id": event.id}).one()
+        row = run(conn, self._lookup, {"b_id": event.id}).one()
         if row.outcome in DONE_OUTCOMES:
             return row.outcome, row.tenant_id
         return None

@@ -1,0 +1,184 @@
+"""Hot-path statements: compiled once per dialect, run straight on the driver's cursor.
+
+SQLAlchemy Core builds and compiles every statement of the service, and its
+``Connection`` owns transactions, pooling, events and error translation. What it also
+does on each ``execute`` (cache-key lookup, an execution context, a cursor result with
+its metadata) costs tens of microseconds, several times what SQLite needs to run a
+primary-key lookup; on a webhook that sends eight statements it was the largest single
+cost. :class:`Prepared` keeps what a compiled statement knows (its SQL, the order of its
+parameters, the type processors of its parameters and columns) and :func:`run` hands
+the SQL to the DBAPI cursor of the connection's current transaction.
+
+What stays SQLAlchemy's: the transaction (``Database.transaction``), and errors. A
+driver error is passed to ``Connection._handle_dbapi_exception``, the same translation
+``Connection.execute`` uses: it raises ``sqlalchemy.exc.OperationalError`` and the
+like (so a database outage still answers 503), runs the ``handle_error`` hooks, and
+invalidates a connection that was lost.
+
+Only statements whose SQL does not depend on the parameters can be prepared: no
+expanding ``IN``, and INSERT/UPDATE statements list the columns they set
+(``column_keys``), every one of which must then be given on each call.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
+
+from sqlalchemy import Connection, Dialect
+from sqlalchemy.exc import MultipleResultsFound, NoResultFound
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import Executable
+
+Processor = Callable[[Any], Any]
+
+
+class Rows:
+    """The rows a statement returned (all fetched), with ``Result``'s accessors."""
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self, rows: list[Any], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    def all(self) -> list[Any]:
+        return self.rows
+
+    def first(self) -> Any:
+        return self.rows[0] if self.rows else None
+
+    def one_or_none(self) -> Any:
+        if len(self.rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when one or none was required")
+        return self.rows[0] if self.rows else None
+
+    def one(self) -> Any:
+        if not self.rows:
+            raise NoResultFound("No row was found when one was required")
+        if len(self.rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when exactly one was required")
+        return self.rows[0]
+
+    def scalar(self) -> Any:
+        return self.rows[0][0] if self.rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalar_one_or_none(self) -> Any:
+        row = self.one_or_none()
+        return None if row is None else row[0]
+
+
+class _Plan:
+    """One statement compiled for one dialect."""
+
+    __slots__ = (
+        "bind_processors",
+        "columns",
+        "defaults",
+        "names",
+        "positional",
+        "required",
+        "row_type",
+        "sql",
+    )
+
+    def __init__(self, compiled: SQLCompiler, dialect: Dialect) -> None:
+        self.sql: str = compiled.string
+        self.positional: bool = bool(compiled.positional)
+        if self.positional:
+            self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
+        else:
+            self.names = tuple(compiled.bind_names.values())
+        # Values written into the statement (``col == "x"``, LIMIT 1) travel as binds too.
+        self.defaults: dict[str, Any] = {}
+        for name in self.names:
+            bind = compiled.binds[name]
+            if bind.expanding or bind.callable is not None:
+                raise ValueError(f"cannot prepare a statement with parameter {name!r}")
+            if not bind.required:
+                self.defaults[name] = bind.value
+        self.required = frozenset(self.names) - self.defaults.keys()
+        processors = cast(Mapping[str, Processor], compiled._bind_processors)
+        self.bind_processors: tuple[tuple[str, Processor], ...] = tuple(
+            (name, processors[name]) for name in self.names if name in processors
+        )
+        result_columns = compiled._result_columns
+        self.row_type: Any = None
+        self.columns: tuple[tuple[int, Processor], ...] = ()
+        if result_columns:
+            keys = [column.keyname for column in result_columns]
+            self.row_type = namedtuple("Row", keys, rename=True)  # type: ignore[misc]
+            self.columns = tuple(
+                (index, processor)
+                for index, column in enumerate(result_columns)
+                if (processor := column.type._cached_result_processor(dialect, None)) is not None
+            )
+
+    def parameters(self, params: Mapping[str, Any]) -> Any:
+        if not self.required <= params.keys():
+            raise KeyError(f"missing parameters: {sorted(self.required - params.keys())}")
+        if self.defaults:
+            params = {**self.defaults, **params}
+        if self.bind_processors:
+            params = dict(params)
+            for name, process in self.bind_processors:
+                params[name] = process(params[name])
+        if self.positional:
+            return tuple([params[name] for name in self.names])
+        return params
+
+
+class Prepared:
+    """A Core statement to run with :func:`run`; compiled at first use on each dialect."""
+
+    __slots__ = ("_plans", "column_keys", "statement")
+
+    def __init__(self, statement: Executable, *, column_keys: Sequence[str] | None = None) -> None:
+        self.statement = statement
+        self.column_keys = list(column_keys) if column_keys is not None else None
+        self._plans: dict[tuple[str, str], _Plan] = {}
+
+    def plan(self, dialect: Dialect) -> _Plan:
+        key = (dialect.name, dialect.driver)
+        found = self._plans.get(key)
+        if found is None:
+            compiled = self.statement.compile(  # type: ignore[attr-defined]
+                dialect=dialect, column_keys=self.column_keys
+            )
+            found = self._plans[key] = _Plan(compiled, dialect)
+        return found
+
+
+def run(conn: Connection, prepared: Prepared, params: Mapping[str, Any] | None = None) -> Rows:
+    """Execute ``prepared`` in ``conn``'s transaction; every row is fetched at once."""
+    plan = prepared.plan(conn.dialect)
+    given = params or {}
+    cursor = None
+    try:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute(plan.sql, plan.parameters(given))
+        raw = cursor.fetchall() if cursor.description is not None else []
+        rowcount = cursor.rowcount
+    except conn.dialect.loaded_dbapi.Error as exc:
+        # Translated and re-raised as SQLAlchemy would; other errors (a value the driver
+        # cannot convert, say) propagate unchanged, as they do from Connection.execute.
+        conn._handle_dbapi_exception(exc, plan.sql, given, cursor, None)
+    finally:
+        if cursor is not None:
+            cursor.close()
+    if plan.row_type is None:
+        return Rows(raw, rowcount)
+    make = plan.row_type._make
+    if not plan.columns:
+        return Rows([make(row) for row in raw], rowcount)
+    rows = []
+    for row in raw:
+        values = list(row)
+        for index, process in plan.columns:
+            values[index] = process(values[index])
+        rows.append(make(values))
+    return Rows(rows, rowcount)
