@@ -4,19 +4,43 @@ Transactions are explicit. ``Database.transaction(write=True)`` takes SQLite's w
 lock up front (``BEGIN IMMEDIATE``) so two workers never deadlock upgrading a read
 lock, and so read-check-write sequences (duplicate detection, quota spends) are
 serialised. On PostgreSQL the same sequences lock the rows they depend on.
+
+SQLite writers of one database file also queue up before ``BEGIN IMMEDIATE``, across
+processes (gunicorn workers) and threads: an ``flock`` on ``<database>-writer.lock``
+plus a per-process thread lock (see :class:`_WriterQueue`). SQLite's own busy handler
+sleeps 1, 2, 5, 10, 15, 20, 25... ms between retries while the holder's transaction
+lasts well under a millisecond; the queue hands the lock over as soon as it is free.
+The wait stays bounded by the busy timeout, counted from the moment the transaction was
+asked for: a writer that is not ours (holding SQLite's lock without the queue's) still
+makes every request fail with "database is locked" (503) within ``SQLITE_BUSY_TIMEOUT_MS``.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
+import threading
+import time
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import ExceptionContext, make_url
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.pool import NullPool
+
+from webhook_service.checkpoint import (
+    JOURNAL_SIZE_LIMIT_BYTES,
+    SAFETY_AUTOCHECKPOINT_PAGES,
+    Checkpointer,
+)
+
+log = structlog.get_logger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 # SQLite errors after which a connection is dropped rather than reused.
@@ -24,6 +48,18 @@ _SQLITE_RECONNECT_ERRORS = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN"
 PG_CONNECT_TIMEOUT_S = 3
 PG_STATEMENT_TIMEOUT_MS = 10_000
 PG_LOCK_TIMEOUT_MS = 5_000
+# A pooled connection unused for longer than this is pinged before its next use.
+PG_PING_AFTER_IDLE_S = 1.0
+_IDLE_SINCE = "webhook_service.db.idle_since"
+# The writer queue: polling the file lock starts this fast and slows down to the cap.
+WRITER_POLL_FIRST_S = 50e-6
+WRITER_POLL_GROWTH = 1.5
+WRITER_POLL_MAX_S = 1e-3
+# Lower a connection's busy timeout to what is left of the deadline only when the queue
+# took longer than this (a per-transaction PRAGMA, and another to restore it).
+_BUSY_TIMEOUT_SLACK_MS = 50
+# After the lock file could not be opened, writers go unqueued this long before retrying.
+_WRITER_QUEUE_RETRY_S = 60.0
 
 
 def create_db_engine(url: str, *, pool: bool = True) -> Engine:
@@ -34,8 +70,8 @@ def create_db_engine(url: str, *, pool: bool = True) -> Engine:
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        if database and database != ":memory:" and not database.startswith("file:"):
+        database = sqlite_file(url)
+        if database is not None:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             parsed,
@@ -64,14 +100,54 @@ def create_db_engine(url: str, *, pool: bool = True) -> Engine:
             "keepalives_interval": 2,
             "keepalives_count": 3,
         },
-        "pool_pre_ping": True,
         "hide_parameters": True,
     }
     if pool:
         kwargs.update(pool_size=5, max_overflow=5, pool_timeout=5, pool_recycle=1800)
     else:
         kwargs["poolclass"] = NullPool
-    return create_engine(parsed, **kwargs)
+    engine = create_engine(parsed, **kwargs)
+    if pool:
+        _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Check a pooled connection before use only if it sat idle for a while.
+
+    SQLAlchemy's ``pool_pre_ping`` pings at every checkout: a round trip to the server
+    per transaction, as much as a statement of the transaction itself. A connection in
+    steady use is known to work (a failure invalidates it and, on a disconnect, every
+    older connection of the pool); one that sat idle through a restart or a network
+    cut is what a ping is for. ``DisconnectionError`` makes the pool replace it.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < PG_PING_AFTER_IDLE_S:
+            return
+        try:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            dbapi_connection.rollback()
+        except Exception as exc:
+            raise DisconnectionError(f"{type(exc).__name__}: idle connection lost") from exc
+
+
+def sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite ``url``; None for in-memory and ``file:`` URI ones."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -85,14 +161,23 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.execute("PRAGMA foreign_keys = ON")
+        # Checkpoints run in a background thread (webhook_service.checkpoint); this one,
+        # in the committing request, only if that thread ever stops.
+        cursor.execute(f"PRAGMA wal_autocheckpoint = {SAFETY_AUTOCHECKPOINT_PAGES}")
+        cursor.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        if connection.get_execution_options().get("sqlite_write"):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
-            connection.exec_driver_sql("BEGIN")
+        statement = (
+            "BEGIN IMMEDIATE" if connection.get_execution_options().get("sqlite_write") else "BEGIN"
+        )
+        # Straight to the driver (a statement through Connection.execute costs ~10x
+        # more), with the same error translation: "database is locked" answers 503.
+        try:
+            connection.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
+        except sqlite3.Error as exc:
+            connection._handle_dbapi_exception(exc, statement, None, None, None)
 
     @event.listens_for(engine, "handle_error")
     def _on_error(context: ExceptionContext) -> None:
@@ -105,6 +190,170 @@ def _configure_sqlite(engine: Engine) -> None:
             context.is_disconnect = True
 
 
+def database_locked() -> OperationalError:
+    """The error SQLite's own busy timeout raises, as SQLAlchemy wraps it (answered 503)."""
+    orig = sqlite3.OperationalError("database is locked")
+    orig.sqlite_errorcode = sqlite3.SQLITE_BUSY
+    orig.sqlite_errorname = "SQLITE_BUSY"
+    return OperationalError("BEGIN IMMEDIATE", None, orig)
+
+
+class _WriterQueue:
+    """Hands SQLite's write lock of one database file over without busy-handler sleeps.
+
+    Processes queue on an exclusive ``flock`` of ``<database>-writer.lock``; threads of
+    one process first on a :class:`threading.Lock` (an ``flock`` belongs to an open file
+    description, shared by the process's threads). The file lock is polled (``LOCK_NB``)
+    every 50 µs to 1 ms until a deadline, so no writer waits longer than the busy timeout
+    even when the write lock is held by a process outside the queue: each waiter gives up
+    on its own clock instead of waiting out, in turn, the busy timeouts of those queued
+    before it. One queue per file and process (:func:`writer_queue`); forked children reopen it.
+
+    It only orders our own writers: SQLite's lock still guarantees correctness, so when
+    the lock file cannot be opened (a read-only directory) writers go unqueued, as before.
+    """
+
+    def __init__(self, lock_path: str) -> None:
+        self.lock_path = lock_path
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        self._pid = os.getpid()
+        self._retry_at = 0.0
+        self._warned = False
+
+    def _forget_parent(self) -> None:
+        """In a forked child: drop the parent's descriptor (never unlock it: that would
+        release the parent's lock) and thread lock (possibly held by a parent thread)."""
+        if self._pid == os.getpid():
+            return
+        fd, self._fd = self._fd, None
+        self._threads = threading.Lock()
+        self._pid = os.getpid()
+        if fd is not None:
+            with suppress(OSError):
+                os.close(fd)
+
+    def _open(self) -> int | None:
+        if time.monotonic() < self._retry_at:
+            return None
+        try:
+            try:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            except PermissionError:
+                # Locking needs no write access: use a lock file another user made.
+                fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self._retry_at = time.monotonic() + _WRITER_QUEUE_RETRY_S
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "sqlite_writer_queue_unavailable",
+                    lock_file=self.lock_path,
+                    error=f"{type(exc).__name__}: {exc.strerror or exc}",
+                )
+            return None
+        self._fd = fd
+        return fd
+
+    def acquire(self, deadline: float) -> bool:
+        """Wait for this writer's turn until ``deadline`` (``time.monotonic()``).
+
+        True: the queue is held, :meth:`release` it. False: no queue (the lock file cannot
+        be opened), write unqueued. At the deadline: raise :func:`database_locked`.
+        """
+        if self._pid != os.getpid():
+            self._forget_parent()
+        threads = self._threads
+        if not threads.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise database_locked()
+        try:
+            fd = self._fd if self._fd is not None else self._open()
+            if fd is None:
+                threads.release()
+                return False
+            delay = WRITER_POLL_FIRST_S
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass
+                else:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise database_locked()
+                time.sleep(min(delay, left))
+                delay = min(delay * WRITER_POLL_GROWTH, WRITER_POLL_MAX_S)
+        except BaseException:
+            threads.release()
+            raise
+
+    def release(self) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+    def __del__(self) -> None:
+        with suppress(Exception):  # never from a garbage collection, nor at exit
+            if self._fd is not None and self._pid == os.getpid():
+                os.close(self._fd)
+
+
+# One queue per database file in a process, shared by its Database objects; dropped
+# (its descriptor closed) with the last of them.
+_writer_queues: weakref.WeakValueDictionary[str, _WriterQueue] = weakref.WeakValueDictionary()
+_writer_queues_lock = threading.Lock()
+
+
+def writer_queue(database: str) -> _WriterQueue:
+    """The writer queue of the SQLite database file ``database`` in this process."""
+    lock_path = os.path.realpath(database) + "-writer.lock"
+    with _writer_queues_lock:
+        queue = _writer_queues.get(lock_path)
+        if queue is None:
+            queue = _writer_queues[lock_path] = _WriterQueue(lock_path)
+        return queue
+
+
+def _writer_queues_after_fork() -> None:
+    global _writer_queues_lock  # a parent thread may have held it
+    _writer_queues_lock = threading.Lock()
+    for queue in list(_writer_queues.values()):
+        queue._forget_parent()
+
+
+os.register_at_fork(after_in_child=_writer_queues_after_fork)
+
+
+def _lower_busy_timeout(conn: Connection, deadline: float) -> bool:
+    """Bound SQLite's busy timeout by what is left until ``deadline``; True if lowered."""
+    left_ms = int((deadline - time.monotonic()) * 1000)
+    if left_ms >= SQLITE_BUSY_TIMEOUT_MS - _BUSY_TIMEOUT_SLACK_MS:
+        return False
+    try:
+        _set_busy_timeout(conn, max(1, left_ms))
+    except sqlite3.Error:
+        return False  # a broken connection: BEGIN IMMEDIATE reports it, as SQLAlchemy wraps it
+    return True
+
+
+def _set_busy_timeout(conn: Connection, milliseconds: int) -> None:
+    driver = conn.connection.driver_connection
+    if driver is not None:
+        driver.execute(f"PRAGMA busy_timeout = {milliseconds}")
+
+
+def _restore_busy_timeout(conn: Connection) -> None:
+    if conn.invalidated:
+        return  # dropped: never reused with the lowered timeout
+    try:
+        _set_busy_timeout(conn, SQLITE_BUSY_TIMEOUT_MS)
+    except sqlite3.Error:
+        conn.invalidate()
+
+
 class Database:
     """The engine plus the transaction discipline every store uses."""
 
@@ -112,19 +361,47 @@ class Database:
         self.url = url
         self.engine = create_db_engine(url, pool=pool)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        database = sqlite_file(url) if self.is_sqlite else None
+        self._writers = writer_queue(database) if database is not None else None
+        self._checkpointer = Checkpointer(database, self) if database is not None else None
 
     @contextmanager
     def transaction(self, *, write: bool = False) -> Iterator[Connection]:
-        """Run a block in one transaction; commit on success, roll back on any error."""
+        """Run a block in one transaction; commit on success, roll back on any error.
+
+        A SQLite write transaction first waits its turn in the file's writer queue, for
+        at most the busy timeout; the queue is released once it commits or rolls back.
+        """
+        queue = self._writers if write else None
+        if queue is None:
+            with self.engine.connect() as conn:
+                if write and self.is_sqlite:
+                    conn = conn.execution_options(sqlite_write=True)
+                with conn.begin():
+                    yield conn
+            return
+        if self._checkpointer is not None:
+            self._checkpointer.ensure_running()
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
         with self.engine.connect() as conn:
-            if write and self.is_sqlite:
-                conn = conn.execution_options(sqlite_write=True)
-            with conn.begin():
-                yield conn
+            conn = conn.execution_options(sqlite_write=True)
+            queued = queue.acquire(deadline)
+            lowered = False
+            try:
+                lowered = queued and _lower_busy_timeout(conn, deadline)
+                with conn.begin():
+                    yield conn
+            finally:
+                if queued:
+                    queue.release()
+                if lowered:
+                    _restore_busy_timeout(conn)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self.engine.dispose()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from typing import Any, cast
 
 from sqlalchemy import Connection, Dialect
@@ -32,6 +33,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import Executable
 
 Processor = Callable[[Any], Any]
+_CURSOR_KEY = "webhook_service.sql.cursor"
 
 
 class Rows:
@@ -153,23 +155,44 @@ class Prepared:
         return found
 
 
+def _cursor(conn: Connection) -> Any:
+    """The cursor of ``conn``'s driver connection, opened once and reused.
+
+    Opening a psycopg cursor costs about as much as running a primary-key lookup. The
+    cursor is kept in the pool record's ``info`` beside the driver connection it
+    belongs to, so a connection the pool replaced (after a disconnect) gets a new one.
+    """
+    pooled = conn.connection
+    driver = pooled.driver_connection
+    cached = pooled.info.get(_CURSOR_KEY)
+    if cached is not None and cached[0] is driver:
+        return cached[1]
+    cursor = driver.cursor()  # type: ignore[union-attr]
+    pooled.info[_CURSOR_KEY] = (driver, cursor)
+    return cursor
+
+
+def _forget_cursor(conn: Connection) -> None:
+    with suppress(Exception):  # an invalidated connection has nothing left to forget
+        conn.connection.info.pop(_CURSOR_KEY, None)
+
+
 def run(conn: Connection, prepared: Prepared, params: Mapping[str, Any] | None = None) -> Rows:
     """Execute ``prepared`` in ``conn``'s transaction; every row is fetched at once."""
     plan = prepared.plan(conn.dialect)
     given = params or {}
     cursor = None
     try:
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor = _cursor(conn)
         cursor.execute(plan.sql, plan.parameters(given))
         raw = cursor.fetchall() if cursor.description is not None else []
         rowcount = cursor.rowcount
     except conn.dialect.loaded_dbapi.Error as exc:
+        # SQLAlchemy closes the cursor of a failed statement: the next one opens another.
+        _forget_cursor(conn)
         # Translated and re-raised as SQLAlchemy would; other errors (a value the driver
         # cannot convert, say) propagate unchanged, as they do from Connection.execute.
         conn._handle_dbapi_exception(exc, plan.sql, given, cursor, None)
-    finally:
-        if cursor is not None:
-            cursor.close()
     if plan.row_type is None:
         return Rows(raw, rowcount)
     make = plan.row_type._make

@@ -137,10 +137,16 @@ def invoice_paid(event: StripeEvent, ctx: EventContext) -> HandlerResult:
         return HandlerResult("processed", tenant_for_customer(ctx.conn, customer))
     period = read_invoice_period(event)
     history = _history(event, ctx)
-    tenant_id = history.watch_customer(period.customer_id)
-    if advance_period(ctx.conn, period, ctx.now):
+    tenant_id = tenant_for_customer(ctx.conn, period.customer_id)
+    # The quota before the change is read only if there is a change (a renewal invoice
+    # usually follows the subscription event that moved the period already).
+    if advance_period(
+        ctx.conn,
+        period,
+        ctx.now,
+        before_change=lambda: history.watch_linked(tenant_id, period.customer_id),
+    ):
         history.record()
-    # else the period was current already: no quota can have changed.
     return HandlerResult("processed", tenant_id)
 
 

@@ -332,10 +332,16 @@ def apply_subscription(
     return True
 
 
-def advance_period(conn: Connection, period: InvoicePeriod, now: datetime) -> bool:
+def advance_period(
+    conn: Connection,
+    period: InvoicePeriod,
+    now: datetime,
+    before_change: Callable[[], None] | None = None,
+) -> bool:
     """Move the subscription's period forward to the invoiced one; False if nothing changed.
 
     (An invoice may also name the customer of a subscription known only from invoices.)
+    ``before_change`` runs first when something is about to change.
     """
     row = _lock_row(conn, period.subscription_id, period.customer_id, now)
     values: dict[str, Any] = {"b_id": period.subscription_id}
@@ -350,6 +356,8 @@ def advance_period(conn: Connection, period: InvoicePeriod, now: datetime) -> bo
             updated_at=now,
         )
     if set_customer or newer:
+        if before_change is not None:
+            before_change()
         run(conn, _ADVANCE[set_customer, newer], values)
         return True
     return False

@@ -208,12 +208,15 @@ class History:
     def watch_customer(self, customer_id: str | None) -> str | None:
         """Watch the tenant linked to ``customer_id``; return that tenant (or None)."""
         tenant_id = tenant_for_customer(self.conn, customer_id)
+        self.watch_linked(tenant_id, customer_id)
+        return tenant_id
+
+    def watch_linked(self, tenant_id: str | None, customer_id: str | None) -> None:
+        """Watch ``tenant_id``, known to be linked to ``customer_id`` (no need to read it)."""
         if tenant_id is not None and tenant_id not in self._before:
-            # The tenant was found by this customer: no need to read its row again.
             self._before[tenant_id] = tenant_entitlement(
                 self.conn, customer_id, self.catalog, self.now
             )
-        return tenant_id
 
     def record(self) -> list[str]:
         """Write the changes; return the tenants that changed."""

@@ -1,0 +1,140 @@
+"""Connection upkeep: SQLite WAL checkpoints off the request path, pings only after idling."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from tests.conftest import wait_for
+from webhook_service import checkpoint, db
+from webhook_service.db import Database
+from webhook_service.migrate import upgrade
+from webhook_service.models import stripe_events
+from webhook_service.sql import Prepared, run
+
+LOG_EVENT = Prepared(
+    stripe_events.insert(),
+    column_keys=(
+        "id",
+        "type",
+        "created",
+        "livemode",
+        "received_at",
+        "outcome",
+        "attempts",
+        "payload",
+    ),
+)
+
+
+def _log_events(database: Database, count: int, prefix: str) -> None:
+    now = datetime.now(UTC)
+    for i in range(count):
+        with database.transaction(write=True) as conn:
+            run(
+                conn,
+                LOG_EVENT,
+                {
+                    "id": f"evt_{prefix}_{i}",
+                    "type": "invoice.paid",
+                    "created": 1,
+                    "livemode": False,
+                    "received_at": now,
+                    "outcome": "processed",
+                    "attempts": 1,
+                    "payload": "x" * 7000,
+                },
+            )
+
+
+def _checkpoint_threads() -> int:
+    return sum(t.name == "sqlite-wal-checkpoint" for t in threading.enumerate())
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: os.PathLike[str]) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path}/wal.db")
+    upgrade(database)
+    yield database
+    database.dispose()
+
+
+def test_commits_leave_checkpoints_to_the_background_thread(
+    sqlite_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages reach the database file although no request ran a checkpoint."""
+    path = make_url(sqlite_database.url).database
+    assert path is not None
+    with sqlite_database.transaction() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == (
+            checkpoint.SAFETY_AUTOCHECKPOINT_PAGES
+        )
+    before = os.path.getsize(path)
+    _log_events(sqlite_database, 40, "bg")  # ~80 pages: far below any automatic checkpoint
+    assert wait_for(lambda: os.path.getsize(path) > before + 40 * 7000, timeout=10)
+    wal = sqlite3.connect(path)
+    try:
+        busy, frames, copied = wal.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    finally:
+        wal.close()
+    assert busy == 0
+    assert frames == copied
+
+
+def test_the_checkpoint_thread_stops_with_its_database(tmp_path: os.PathLike[str]) -> None:
+    """Started by the first write transaction, stopped by dispose()."""
+    before = _checkpoint_threads()
+    database = Database(f"sqlite:///{tmp_path}/own.db")
+    with database.transaction() as conn:  # reads start nothing
+        conn.execute(text("SELECT 1"))
+    assert _checkpoint_threads() == before
+    upgrade(database)
+    _log_events(database, 1, "stop")
+    assert _checkpoint_threads() == before + 1
+    database.dispose()
+    assert wait_for(lambda: _checkpoint_threads() == before, timeout=5)
+
+
+def _backend_pid(database: Database) -> int:
+    with database.transaction() as conn:
+        return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def _terminate(database: Database, pid: int) -> None:
+    url = make_url(database.url).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_idle_connection_lost_meanwhile_is_replaced(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection killed while idle is pinged, found dead and replaced: no error."""
+    monkeypatch.setattr(db, "PG_PING_AFTER_IDLE_S", 0.0)
+    pid = _backend_pid(database)
+    _terminate(database, pid)
+    assert wait_for(lambda: _backend_pid(database) != pid, timeout=5)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_connection_in_steady_use_is_not_pinged(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Within the idle threshold no ping runs: a connection lost meanwhile fails once."""
+    monkeypatch.setattr(db, "PG_PING_AFTER_IDLE_S", 3600.0)
+    pid = _backend_pid(database)
+    _terminate(database, pid)
+    with pytest.raises(OperationalError):
+        _backend_pid(database)
+    # The failure invalidated the pool: the next transaction gets a fresh connection.
+    assert _backend_pid(database) != pid
