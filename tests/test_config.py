@@ -100,7 +100,7 @@ def test_unusable_database_url_is_refused(raw: str, fragment: str) -> None:
     "value", ["120/minute", "10 per second", "1000/hour", "5/2 minutes", "100 per day"]
 )
 def test_rate_limit_formats_are_accepted(value: str) -> None:
-    """Accept the rate limit notations flask-limiter understands."""
+    """Accept the rate limit notations the limits library understands."""
     assert load_settings({"RATE_LIMIT": value}).rate_limit == value
 
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import math
-import time
 from typing import Any
 
 import structlog
-from flask import Blueprint, Flask, Response, g, request
-from flask_limiter import Limiter
-from flask_limiter.errors import RateLimitExceeded
+from flask import Blueprint, Flask, g, request
 
 from webhook_service.config import Settings
 from webhook_service.context import services
-from webhook_service.errors import InvalidApiKey, InvalidRequest, RateLimited, error_response
+from webhook_service.errors import InvalidApiKey, InvalidRequest, RateLimited
 from webhook_service.quotas.service import TenantRef
+from webhook_service.ratelimit import FixedWindowLimit, make_storage
 
 BEARER_HINT = "Send the key in the X-API-Key header, not as Authorization: Bearer."
 
@@ -28,39 +25,32 @@ def rate_limit_bucket() -> str:
     return f"addr:{request.remote_addr}"
 
 
-def init_rate_limit(app: Flask, *blueprints: Blueprint) -> Limiter:
-    """Limit ``blueprints`` to RATE_LIMIT per API key; answer 429 RATE_LIMITED."""
+def init_rate_limit(app: Flask, *blueprints: Blueprint) -> FixedWindowLimit:
+    """Limit ``blueprints`` to RATE_LIMIT per API key; answer 429 RATE_LIMITED.
+
+    One fixed window per key, shared by every endpoint of ``blueprints`` (not one per
+    route), counted in RATELIMIT_STORAGE_URI (in memory if it fails: an outage of the
+    store must not stop scans). The webhook, sync and operations endpoints, and requests
+    that match no route, are not counted.
+    """
     settings: Settings = app.extensions["nat"].settings
-    limiter = Limiter(
-        rate_limit_bucket,
-        app=app,
-        storage_uri=settings.ratelimit_storage_uri,
-        strategy="fixed-window",
+    limit = FixedWindowLimit(
+        settings.rate_limit,
+        make_storage(settings.ratelimit_storage_uri),
         key_prefix="nat",
-        headers_enabled=False,
-        # A rate-limit store outage must not stop scans: fall back to counting in memory.
-        swallow_errors=True,
-        in_memory_fallback_enabled=True,
+        scope="tenant-api",
     )
-    # One budget per key across every tenant endpoint (not one per route).
-    shared = limiter.shared_limit(settings.rate_limit, scope="tenant-api")
-    for blueprint in blueprints:
-        shared(blueprint)
     limited = frozenset(blueprint.name for blueprint in blueprints)
 
-    @limiter.request_filter
-    def _not_a_tenant_endpoint() -> bool:
-        # The webhook, sync and operations endpoints skip the limiter's work entirely.
-        return request.blueprint not in limited
+    @app.before_request
+    def _rate_limit() -> None:
+        if request.blueprint in limited:
+            retry_after = limit.hit(rate_limit_bucket())
+            if retry_after is not None:
+                raise RateLimited(retry_after)
 
-    @app.errorhandler(RateLimitExceeded)
-    def _rate_limited(_exc: RateLimitExceeded) -> Response:
-        current = limiter.current_limit
-        reset_at = current.reset_at if current is not None else time.time() + 1
-        return error_response(RateLimited(max(1, math.ceil(reset_at - time.time()))))
-
-    app.extensions["nat_limiter"] = limiter
-    return limiter
+    app.extensions["nat_limiter"] = limit
+    return limit
 
 
 def request_api_key() -> str | None:
