@@ -13,7 +13,7 @@ from flask import Flask, Response, jsonify
 from gunicorn.http.errors import NoMoreData, ParseException
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import HTTPException
 
 log = structlog.get_logger(__name__)
 
@@ -172,40 +172,43 @@ def _schema_missing(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in _SCHEMA_MISSING_SQLSTATES
 
 
+class MalformedBody(ServiceError):
+    status, code = 400, "BAD_REQUEST"
+    default_message = "The request body is malformed."
+
+
+def service_error_for(exc: Exception) -> ServiceError:
+    """The error answered for ``exc`` (any exception but werkzeug's HTTP ones), logged.
+
+    The one mapping, shared by Flask's error handlers and the webhook's WSGI path.
+    """
+    if isinstance(exc, ServiceError):
+        return exc
+    if isinstance(exc, (OperationalError, PoolTimeoutError)):
+        log.warning("database_unavailable", error=type(exc).__name__)
+        return ServiceUnavailable()
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated or _schema_missing(exc):
+            log.warning("database_unavailable", error=type(exc.orig).__name__)
+            return ServiceUnavailable()
+        log.error("database_error", error=type(exc.orig).__name__, exc_info=exc)
+        return ServiceError()
+    if isinstance(exc, (ParseException, NoMoreData)):
+        # gunicorn decodes a chunked body only while the application reads it, so a bad
+        # chunk (or a body cut short) surfaces here: the client's fault, a 400.
+        log.info("malformed_request_body", error=type(exc).__name__)
+        return MalformedBody()
+    log.error("unhandled_exception", error=type(exc).__name__, exc_info=exc)
+    return ServiceError()
+
+
 def init_app(app: Flask) -> None:
     """Map every error the application can raise to its JSON body."""
-
-    @app.errorhandler(ServiceError)
-    def _service_error(exc: ServiceError) -> Response:
-        return error_response(exc)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         return http_error_response(exc)
 
-    @app.errorhandler(OperationalError)
-    @app.errorhandler(PoolTimeoutError)
-    def _database_down(exc: Exception) -> Response:
-        log.warning("database_unavailable", error=type(exc).__name__)
-        return error_response(ServiceUnavailable())
-
-    @app.errorhandler(DBAPIError)
-    def _database_error(exc: DBAPIError) -> Response:
-        if exc.connection_invalidated or _schema_missing(exc):
-            log.warning("database_unavailable", error=type(exc.orig).__name__)
-            return error_response(ServiceUnavailable())
-        log.error("database_error", error=type(exc.orig).__name__, exc_info=exc)
-        return error_response(ServiceError())
-
-    @app.errorhandler(ParseException)
-    @app.errorhandler(NoMoreData)
-    def _malformed_body(exc: Exception) -> Response:
-        # gunicorn decodes a chunked body only while the application reads it, so a bad
-        # chunk (or a body cut short) surfaces here: the client's fault, a 400.
-        log.info("malformed_request_body", error=type(exc).__name__)
-        return http_error_response(BadRequest("The request body is malformed."))
-
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        log.error("unhandled_exception", error=type(exc).__name__, exc_info=exc)
-        return error_response(ServiceError())
+    def _any_error(exc: Exception) -> Response:
+        return error_response(service_error_for(exc))
