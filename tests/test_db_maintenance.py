@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -119,11 +120,17 @@ def _terminate(database: Database, pid: int) -> None:
 def test_an_idle_connection_lost_meanwhile_is_replaced(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A pooled connection killed while idle is pinged, found dead and replaced: no error."""
-    monkeypatch.setattr(db, "PG_PING_AFTER_IDLE_S", 0.0)
+    """A connection killed while idle is pinged, found dead and replaced: no error.
+
+    Idle long enough, the connection Database kept for the next transaction goes back
+    to the pool as idle since its release, and the pool's checkout pings it.
+    """
+    monkeypatch.setattr(db, "PG_PING_AFTER_IDLE_S", 0.2)
+    monkeypatch.setattr(db, "KEEP_CONNECTION_S", 0.1)
     pid = _backend_pid(database)
     _terminate(database, pid)
-    assert wait_for(lambda: _backend_pid(database) != pid, timeout=5)
+    time.sleep(0.3)
+    assert _backend_pid(database) != pid
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -132,9 +139,28 @@ def test_a_connection_in_steady_use_is_not_pinged(
 ) -> None:
     """Within the idle threshold no ping runs: a connection lost meanwhile fails once."""
     monkeypatch.setattr(db, "PG_PING_AFTER_IDLE_S", 3600.0)
+    monkeypatch.setattr(db, "KEEP_CONNECTION_S", 0.0)
     pid = _backend_pid(database)
     _terminate(database, pid)
     with pytest.raises(OperationalError):
         _backend_pid(database)
     # The failure invalidated the pool: the next transaction gets a fresh connection.
     assert _backend_pid(database) != pid
+
+
+def test_the_kept_connection_serves_the_next_transaction(database: Database) -> None:
+    """Back to back, transactions share one connection (no pool checkout in between)."""
+    with database.transaction() as first:
+        pass
+    with database.transaction(write=True) as second:
+        pass
+    assert second is first
+    with database.transaction() as outer, database.transaction() as inner:
+        assert inner is not outer  # never one connection for two open transactions
+
+
+def test_a_failed_transaction_gives_its_connection_back(database: Database) -> None:
+    with pytest.raises(ZeroDivisionError), database.transaction() as failed:
+        _ = 1 / 0
+    with database.transaction() as after:
+        assert after is not failed

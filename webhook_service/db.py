@@ -50,6 +50,8 @@ PG_STATEMENT_TIMEOUT_MS = 10_000
 PG_LOCK_TIMEOUT_MS = 5_000
 # A pooled connection unused for longer than this is pinged before its next use.
 PG_PING_AFTER_IDLE_S = 1.0
+# Database keeps its last connection out of the pool for the next transaction this long.
+KEEP_CONNECTION_S = 0.5
 _IDLE_SINCE = "webhook_service.db.idle_since"
 # The writer queue: polling the file lock starts this fast and slows down to the cap.
 WRITER_POLL_FIRST_S = 50e-6
@@ -124,11 +126,14 @@ def _ping_idle_connections(engine: Engine) -> None:
 
     @event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
-        record.info[_IDLE_SINCE] = time.monotonic()
+        # Database may have kept it unused for a while already, and said since when.
+        record.info[_IDLE_SINCE] = min(
+            record.info.get(_IDLE_SINCE) or time.monotonic(), time.monotonic()
+        )
 
     @event.listens_for(engine, "checkout")
     def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        idle_since = record.info.get(_IDLE_SINCE)
+        idle_since = record.info.pop(_IDLE_SINCE, None)
         if idle_since is None or time.monotonic() - idle_since < PG_PING_AFTER_IDLE_S:
             return
         try:
@@ -355,7 +360,15 @@ def _restore_busy_timeout(conn: Connection) -> None:
 
 
 class Database:
-    """The engine plus the transaction discipline every store uses."""
+    """The engine plus the transaction discipline every store uses.
+
+    Transactions check a connection out of the pool and back in; that costs several
+    times what SQLite needs for a whole short transaction, so the last connection
+    used is kept for the next transaction, whichever thread runs it (never two at
+    once), while it stays in steady use (:data:`KEEP_CONNECTION_S`). A connection
+    that failed, or sat longer, goes back to the pool (whose checkout pings an idle
+    PostgreSQL connection).
+    """
 
     def __init__(self, url: str, *, pool: bool = True) -> None:
         self.url = url
@@ -364,6 +377,40 @@ class Database:
         database = sqlite_file(url) if self.is_sqlite else None
         self._writers = writer_queue(database) if database is not None else None
         self._checkpointer = Checkpointer(database, self) if database is not None else None
+        self._keep = pool
+        # (connection, when it was released, pid): the kept connection, if any.
+        self._kept: tuple[Connection, float, int] | None = None
+        self._kept_lock = threading.Lock()
+
+    def _connect(self, write: bool) -> Connection:
+        with self._kept_lock:
+            kept, self._kept = self._kept, None
+        conn: Connection | None = None
+        if kept is not None:
+            conn, released, pid = kept
+            if pid != os.getpid():
+                conn = None  # a forked child never touches its parent's connection
+            elif conn.invalidated:
+                conn.close()
+                conn = None
+            elif time.monotonic() - released > KEEP_CONNECTION_S:
+                # Back to the pool, idle since its release (its checkout may ping it).
+                conn.connection.info[_IDLE_SINCE] = released
+                conn.close()
+                conn = None
+        if conn is None:
+            conn = self.engine.connect()
+        if self.is_sqlite and bool(conn.get_execution_options().get("sqlite_write")) != write:
+            conn.execution_options(sqlite_write=write)
+        return conn
+
+    def _release(self, conn: Connection, clean: bool) -> None:
+        if self._keep and clean and not conn.invalidated:
+            with self._kept_lock:
+                if self._kept is None:
+                    self._kept = (conn, time.monotonic(), os.getpid())
+                    return
+        conn.close()
 
     @contextmanager
     def transaction(self, *, write: bool = False) -> Iterator[Connection]:
@@ -373,29 +420,26 @@ class Database:
         at most the busy timeout; the queue is released once it commits or rolls back.
         """
         queue = self._writers if write else None
-        if queue is None:
-            with self.engine.connect() as conn:
-                if write and self.is_sqlite:
-                    conn = conn.execution_options(sqlite_write=True)
-                with conn.begin():
-                    yield conn
-            return
-        if self._checkpointer is not None:
+        if queue is not None and self._checkpointer is not None:
             self._checkpointer.ensure_running()
         deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(sqlite_write=True)
-            queued = queue.acquire(deadline)
+        conn = self._connect(write)
+        clean = False
+        try:
+            queued = queue.acquire(deadline) if queue is not None else False
             lowered = False
             try:
                 lowered = queued and _lower_busy_timeout(conn, deadline)
                 with conn.begin():
                     yield conn
+                clean = True
             finally:
-                if queued:
+                if queued and queue is not None:
                     queue.release()
                 if lowered:
                     _restore_busy_timeout(conn)
+        finally:
+            self._release(conn, clean)
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
@@ -404,4 +448,8 @@ class Database:
     def dispose(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.stop()
+        with self._kept_lock:
+            kept, self._kept = self._kept, None
+        if kept is not None and kept[2] == os.getpid():
+            kept[0].close()
         self.engine.dispose()
