@@ -54,9 +54,9 @@ PG_PING_AFTER_IDLE_S = 1.0
 KEEP_CONNECTION_S = 0.5
 _IDLE_SINCE = "webhook_service.db.idle_since"
 # The writer queue: polling the file lock starts this fast and slows down to the cap.
-WRITER_POLL_FIRST_S = 50e-6
+WRITER_POLL_FIRST_S = 30e-6
 WRITER_POLL_GROWTH = 1.5
-WRITER_POLL_MAX_S = 1e-3
+WRITER_POLL_MAX_S = 250e-6
 # Lower a connection's busy timeout to what is left of the deadline only when the queue
 # took longer than this (a per-transaction PRAGMA, and another to restore it).
 _BUSY_TIMEOUT_SLACK_MS = 50

@@ -121,7 +121,7 @@ def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult
 
     applied = apply_subscription(ctx.conn, state, event, ctx.now, check_price)
     if applied or relinked:
-        history.record()
+        history.record(links_unchanged=not relinked)
     # else nothing a quota depends on was written: "after" would equal "before".
     if not applied:
         log.info("stale_event", event_id=event.id, subscription_id=state.id)
@@ -146,7 +146,7 @@ def invoice_paid(event: StripeEvent, ctx: EventContext) -> HandlerResult:
         ctx.now,
         before_change=lambda: history.watch_linked(tenant_id, period.customer_id),
     ):
-        history.record()
+        history.record(links_unchanged=True)
     return HandlerResult("processed", tenant_id)
 
 

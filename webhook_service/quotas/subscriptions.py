@@ -257,13 +257,17 @@ _ADVANCE = {
 
 
 def _lock_row(conn: Connection, sub_id: str, customer_id: str | None, now: datetime) -> Any:
-    """Create the subscription's row if needed and lock it for this transaction."""
+    """Create the subscription's row if needed and lock it for this transaction.
+
+    Read (and on PostgreSQL lock) first: the row usually exists, and one round trip
+    does. Absent, a placeholder is inserted (a concurrent insert of the same id waits
+    on the primary key, then does nothing) and the row read and locked again.
+    """
     dialect = conn.dialect.name
-    if dialect == "sqlite":
-        # The transaction holds SQLite's write lock already: read first, insert if absent.
-        row = run(conn, _ROW, {"b_id": sub_id}).one_or_none()
-        if row is not None:
-            return row
+    query = _ROW if dialect == "sqlite" else _ROW_FOR_UPDATE
+    row = run(conn, query, {"b_id": sub_id}).one_or_none()
+    if row is not None:
+        return row
     run(
         conn,
         _PLACEHOLDER[dialect],
@@ -274,7 +278,6 @@ def _lock_row(conn: Connection, sub_id: str, customer_id: str | None, now: datet
             "updated_at": now,
         },
     )
-    query = _ROW if dialect == "sqlite" else _ROW_FOR_UPDATE
     return run(conn, query, {"b_id": sub_id}).one()
 
 

@@ -193,6 +193,8 @@ class History:
     source: str
     event_id: str | None = None
     _before: dict[str, Entitlement | None] = field(default_factory=dict)
+    # The customer each tenant was watched through (watch_customer / watch_linked).
+    _customer: dict[str, str | None] = field(default_factory=dict)
 
     def watch(self, *tenant_ids: str | None) -> None:
         for tenant_id in tenant_ids:
@@ -217,15 +219,24 @@ class History:
             self._before[tenant_id] = tenant_entitlement(
                 self.conn, customer_id, self.catalog, self.now
             )
+            self._customer[tenant_id] = customer_id
 
-    def record(self) -> list[str]:
-        """Write the changes; return the tenants that changed."""
+    def record(self, *, links_unchanged: bool = False) -> list[str]:
+        """Write the changes; return the tenants that changed.
+
+        ``links_unchanged``: the caller linked and unlinked no customer since watching,
+        so a tenant watched through its customer still has it (no need to read it again).
+        """
         changed = []
         for tenant_id, before in self._before.items():
-            row = get_tenant(self.conn, tenant_id)
-            if row is None:
-                continue
-            after = tenant_entitlement(self.conn, row.stripe_customer_id, self.catalog, self.now)
+            if links_unchanged and tenant_id in self._customer:
+                customer_id = self._customer[tenant_id]
+            else:
+                row = get_tenant(self.conn, tenant_id)
+                if row is None:
+                    continue
+                customer_id = row.stripe_customer_id
+            after = tenant_entitlement(self.conn, customer_id, self.catalog, self.now)
             if before is not None and before.key() == after.key():
                 continue
             changed.append(tenant_id)
@@ -245,4 +256,5 @@ class History:
                 },
             )
         self._before.clear()
+        self._customer.clear()
         return changed
