@@ -337,7 +337,7 @@ def machine_description(opts: Options, wrk: str | None) -> dict[str, str]:
         "psycopg-binary",
         "structlog",
         "prometheus-client",
-        "flask-limiter",
+        "limits",
         "alembic",
         "py-spy",
     ]
