@@ -6,15 +6,19 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import pytest
+from flask import Flask
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+from werkzeug.test import TestResponse
 
+from tests import stripe_events as se
 from tests.conftest import wait_for
 from webhook_service import checkpoint, db
 from webhook_service.db import Database
@@ -57,8 +61,10 @@ def _log_events(database: Database, count: int, prefix: str) -> None:
             )
 
 
-def _checkpoint_threads() -> int:
-    return sum(t.name == "sqlite-wal-checkpoint" for t in threading.enumerate())
+def _checkpoint_thread_of(database: Database) -> threading.Thread | None:
+    checkpointer = database._checkpointer
+    assert checkpointer is not None
+    return checkpointer._thread
 
 
 @pytest.fixture
@@ -92,17 +98,19 @@ def test_commits_leave_checkpoints_to_the_background_thread(
 
 
 def test_the_checkpoint_thread_stops_with_its_database(tmp_path: os.PathLike[str]) -> None:
-    """Started by the first write transaction, stopped by dispose()."""
-    before = _checkpoint_threads()
+    """Started by the first write transaction (not by reads), stopped by dispose()."""
     database = Database(f"sqlite:///{tmp_path}/own.db")
-    with database.transaction() as conn:  # reads start nothing
+    with database.transaction() as conn:
         conn.execute(text("SELECT 1"))
-    assert _checkpoint_threads() == before
+    assert _checkpoint_thread_of(database) is None
     upgrade(database)
     _log_events(database, 1, "stop")
-    assert _checkpoint_threads() == before + 1
+    thread = _checkpoint_thread_of(database)
+    assert thread is not None
+    assert thread.is_alive()
     database.dispose()
-    assert wait_for(lambda: _checkpoint_threads() == before, timeout=5)
+    thread.join(timeout=5)
+    assert not thread.is_alive()
 
 
 def _backend_pid(database: Database) -> int:
@@ -148,6 +156,7 @@ def test_a_connection_in_steady_use_is_not_pinged(
     assert _backend_pid(database) != pid
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_the_kept_connection_serves_the_next_transaction(database: Database) -> None:
     """Back to back, transactions share one connection (no pool checkout in between)."""
     with database.transaction() as first:
@@ -164,3 +173,32 @@ def test_a_failed_transaction_gives_its_connection_back(database: Database) -> N
         _ = 1 / 0
     with database.transaction() as after:
         assert after is not failed
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_delivery_survives_a_connection_lost_in_steady_use(
+    app: Flask, post_event: Callable[..., TestResponse], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed between two deliveries (no ping): the event log retries on a new connection."""
+    monkeypatch.setattr(db, "PG_PING_AFTER_IDLE_S", 3600.0)
+    service_db: Database = app.extensions["nat"].database
+    pid = _backend_pid(service_db)  # the connection the service keeps for its next use
+    _terminate(service_db, pid)
+
+    def event() -> dict[str, Any]:
+        return se.subscription_event(
+            "customer.subscription.created",
+            sub_id=se.new_id("sub"),
+            customer=se.new_id("cus"),
+            status="active",
+            period_start=1_735_689_600,
+            period_end=1_738_368_000,
+            created=1_735_689_660,
+            api_version=se.BASIL_API_VERSION,
+        )
+
+    response = post_event(event())
+    assert response.status_code == 200, response.json
+    assert response.json is not None
+    assert response.json["outcome"] == "processed"
+    assert _backend_pid(service_db) != pid

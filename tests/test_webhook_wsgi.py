@@ -97,9 +97,10 @@ def _raw_post(app: Flask, body: bytes, **environ: Any) -> tuple[str, bytes, Coun
 
 
 def test_a_huge_declared_length_is_refused_unread(app: Flask) -> None:
-    """Content-Length over the drain budget: 413 without reading the body at all."""
+    """Content-Length past the limit and the drain budget: 413 without reading the body."""
     body = b"x" * 100
-    status, data, stream = _raw_post(app, body, CONTENT_LENGTH=str(wsgi.DRAIN_BYTES + 1))
+    limit = app.extensions["nat"].settings.max_webhook_bytes
+    status, data, stream = _raw_post(app, body, CONTENT_LENGTH=str(limit + wsgi.DRAIN_BYTES + 1))
     assert status.startswith("413 ")
     assert json.loads(data)["error"] == "PAYLOAD_TOO_LARGE"
     assert stream.read_bytes == 0
@@ -112,3 +113,27 @@ def test_a_chunked_body_over_the_limit_is_drained_within_a_budget(app: Flask) ->
     assert status.startswith("413 ")
     limit = app.extensions["nat"].settings.max_webhook_bytes
     assert limit < stream.read_bytes <= limit + 1 + wsgi.DRAIN_BYTES
+
+
+class ResetStream(io.BytesIO):
+    def read(self, size: int | None = -1) -> bytes:
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+
+def test_a_client_gone_mid_body_is_a_400_not_a_500(app: Flask) -> None:
+    statuses: list[str] = []
+    chunks = app.wsgi_app(
+        {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": WEBHOOK,
+            "SERVER_NAME": "test",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": ResetStream(),
+            "CONTENT_LENGTH": "100",
+            "HTTP_STRIPE_SIGNATURE": "t=1,v1=00",
+        },
+        lambda status, headers, *exc: statuses.append(status),
+    )
+    assert statuses[0].startswith("400 ")
+    assert json.loads(b"".join(chunks))["error"] == "BAD_REQUEST"

@@ -44,6 +44,7 @@ class Checkpointer:
         self._pid: int | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
         self.checkpoints = 0
 
     def ensure_running(self) -> None:
@@ -57,6 +58,7 @@ class Checkpointer:
             self._stop = threading.Event()
             thread = threading.Thread(target=self._loop, name="sqlite-wal-checkpoint", daemon=True)
             thread.start()
+            self._thread = thread
             self._pid = os.getpid()
 
     def stop(self) -> None:

@@ -141,6 +141,23 @@ class EventLog:
     # -- processing -------------------------------------------------------
 
     def receive(self, event: StripeEvent) -> Receipt:
+        """:meth:`receive_once`, once more on a new connection if the database one was lost.
+
+        A connection that died while idle in the pool (a server restart, a failover) is
+        found out by the first statement; SQLAlchemy then drops it and every older one.
+        Nothing was committed, or, if the loss came at COMMIT, the second try finds the
+        event done: either way it is applied once, and Stripe is not made to wait for
+        its next retry.
+        """
+        try:
+            return self.receive_once(event)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("database_connection_lost_retrying", event_id=event.id)
+            return self.receive_once(event)
+
+    def receive_once(self, event: StripeEvent) -> Receipt:
         """Log ``event`` once and apply it; raise :class:`EventFailed` if its handler fails.
 
         The handler runs in the delivery's transaction. If it raises, that whole

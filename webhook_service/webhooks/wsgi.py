@@ -43,6 +43,14 @@ def _drain(stream: Any, budget: int) -> None:
 
 
 def read_body(environ: dict[str, Any], limit: int) -> bytes:
+    """:func:`_read_body`, a connection lost mid-body answered as werkzeug does (a 400)."""
+    try:
+        return _read_body(environ, limit)
+    except (OSError, ValueError):
+        raise MalformedBody("The client went away before sending the whole body.") from None
+
+
+def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     """The request body, refused (413) past ``limit`` bytes.
 
     With Content-Length, a longer body is refused before any of it is kept. Without it
@@ -58,7 +66,7 @@ def read_body(environ: dict[str, Any], limit: int) -> bytes:
         except ValueError:
             raise MalformedBody("The Content-Length header is not a number.") from None
         if size > limit:
-            if size <= DRAIN_BYTES:
+            if size <= limit + DRAIN_BYTES:
                 _drain(stream, size)
             raise too_large(limit)
         body: bytes = stream.read(size) if size > 0 else b""

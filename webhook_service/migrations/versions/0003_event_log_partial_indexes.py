@@ -26,14 +26,16 @@ CUSTOMER_DELETED = sa.text("type = 'customer.deleted'")
 
 
 def upgrade() -> None:
-    op.drop_index("ix_stripe_events_outcome_received_at", table_name="stripe_events")
-    op.drop_index("ix_stripe_events_type", table_name="stripe_events")
+    # IF NOT EXISTS: on a large PostgreSQL log, an operator may build them beforehand
+    # without blocking inserts (CREATE INDEX CONCURRENTLY ..., see the README); the
+    # migration then only drops the old ones.
     op.create_index(
         "ix_stripe_events_failed",
         "stripe_events",
         ["received_at"],
         sqlite_where=FAILED,
         postgresql_where=FAILED,
+        if_not_exists=True,
     )
     op.create_index(
         "ix_stripe_events_customer_deleted",
@@ -41,7 +43,10 @@ def upgrade() -> None:
         ["object_id"],
         sqlite_where=CUSTOMER_DELETED,
         postgresql_where=CUSTOMER_DELETED,
+        if_not_exists=True,
     )
+    op.drop_index("ix_stripe_events_outcome_received_at", table_name="stripe_events")
+    op.drop_index("ix_stripe_events_type", table_name="stripe_events")
 
 
 def downgrade() -> None:
