@@ -396,3 +396,42 @@ def test_a_webhook_behind_a_held_queue_answers_503_in_time(
     assert response.json["error"] == "SERVICE_UNAVAILABLE"
     assert elapsed < short_busy_timeout + 1.0
     assert post_event(event).status_code == 200
+
+
+def test_the_main_thread_blocks_until_released_or_the_deadline(
+    tmp_path: Path, short_busy_timeout: float
+) -> None:
+    """gunicorn's sync workers serve in the main thread: a blocking wait bounded by SIGALRM.
+
+    Held past the deadline, the wait fails in time and leaves SIGALRM as it was; released
+    meanwhile, the waiter is woken at once (no polling interval to sleep out).
+    """
+    import signal
+
+    assert threading.current_thread() is threading.main_thread()
+    path = tmp_path / "alarm.db"
+    database = make_database(path)
+    assert db_module._can_use_alarm()
+    with held_lock_file(path):
+        started = time.monotonic()
+        with pytest.raises(OperationalError) as raised, database.transaction(write=True) as conn:
+            conn.execute(text("INSERT INTO t VALUES (0, 2)"))
+        elapsed = time.monotonic() - started
+    assert_locked_error(raised.value)
+    assert short_busy_timeout * 0.9 <= elapsed < short_busy_timeout + 0.5
+    assert signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+    fd = os.open(lock_file(path), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    release_at = time.monotonic() + 0.2
+    releaser = threading.Timer(0.2, lambda: fcntl.flock(fd, fcntl.LOCK_UN))
+    releaser.start()
+    try:
+        with database.transaction(write=True) as conn:
+            woken = time.monotonic()
+            conn.execute(text("INSERT INTO t VALUES (0, 3)"))
+    finally:
+        releaser.join()
+        os.close(fd)
+    assert release_at - 0.01 <= woken < release_at + 0.1

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -279,19 +280,26 @@ class _WriterQueue:
             if fd is None:
                 threads.release()
                 return False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                pass
+            if _can_use_alarm():
+                _wait_with_alarm(fd, deadline)
+                return True
             delay = WRITER_POLL_FIRST_S
             while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    pass
-                else:
-                    return True
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise database_locked()
                 time.sleep(min(delay, left))
                 delay = min(delay * WRITER_POLL_GROWTH, WRITER_POLL_MAX_S)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return True
+                except BlockingIOError:
+                    pass
         except BaseException:
             threads.release()
             raise
@@ -307,6 +315,51 @@ class _WriterQueue:
         with suppress(Exception):  # never from a garbage collection, nor at exit
             if self._fd is not None and self._pid == os.getpid():
                 os.close(self._fd)
+
+
+class _Deadline(Exception):
+    """Raised by the SIGALRM handler that bounds a blocking wait for the writer lock."""
+
+
+def _on_alarm(_signum: int, _frame: Any) -> None:
+    raise _Deadline()
+
+
+def _can_use_alarm() -> bool:
+    """A blocking wait bounded by SIGALRM: main thread only, and SIGALRM left unused.
+
+    gunicorn's sync workers serve requests in the main thread and use no SIGALRM; other
+    threads (tests, threaded servers) poll instead.
+    """
+    return threading.current_thread() is threading.main_thread() and signal.getsignal(
+        signal.SIGALRM
+    ) in (signal.SIG_DFL, None)
+
+
+def _wait_with_alarm(fd: int, deadline: float) -> None:
+    """Block on the lock file until it is ours (woken at once by the kernel when the
+    holder releases it), or raise :func:`database_locked` at ``deadline``."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise database_locked()
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    got = False
+    try:
+        try:
+            signal.setitimer(signal.ITIMER_REAL, left)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            got = True
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    except _Deadline:
+        # The alarm may also land just after the lock was granted, even in the finally.
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if got:
+            return
+        fcntl.flock(fd, fcntl.LOCK_UN)  # granted but not yet noted, or not granted: a no-op
+        raise database_locked() from None
 
 
 # One queue per database file in a process, shared by its Database objects; dropped
