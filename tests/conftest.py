@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
@@ -50,6 +51,18 @@ def unavailable(what: str, error: Exception) -> None:
     if IN_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture
+def redis_db() -> Iterator[redis.Redis]:
+    """The Redis database of the rate-limit tests, reachable or skipped (failed in CI)."""
+    connection = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+    try:
+        connection.ping()
+    except redis.RedisError as exc:
+        unavailable("Redis", exc)
+    yield connection
+    connection.close()
 
 
 def _worker_id(request: pytest.FixtureRequest) -> str:

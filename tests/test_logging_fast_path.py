@@ -26,6 +26,7 @@ import pytest
 import structlog
 from flask import Flask
 
+from tests.test_logging import capture
 from webhook_service import logging as service_logging
 from webhook_service.logging import clear_contextvars, configure_logging
 
@@ -53,20 +54,6 @@ def sole_handler() -> Iterator[io.StringIO]:
     finally:
         root.handlers[:] = saved
         ours.setStream(previous or sys.stderr)
-
-
-@contextmanager
-def with_records() -> Iterator[io.StringIO]:
-    """A second handler, with the configured formatter: every line becomes a record."""
-    root = logging.getLogger()
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(root.handlers[0].formatter)
-    root.addHandler(handler)
-    try:
-        yield stream
-    finally:
-        root.removeHandler(handler)
 
 
 @pytest.fixture
@@ -110,11 +97,11 @@ def test_short_way_writes_what_a_record_renders_to(
     with sole_handler() as direct:
         log_some_lines(log)
     assert no_records == []
-    with sole_handler() as through_records, with_records() as second:
+    with sole_handler() as through_records, capture() as second:
         log_some_lines(log)
     assert len(no_records) == 3
     assert without_timestamps(direct.getvalue()) == without_timestamps(through_records.getvalue())
-    assert through_records.getvalue() == second.getvalue()
+    assert through_records.getvalue() == second.text
     text = direct.getvalue()
     assert "nat_pk_leaked" not in text
     assert "Traceback" in text
@@ -164,7 +151,7 @@ def test_lines_below_the_level_are_not_written(sole: bool) -> None:
             log.info("request", status=200)
             log.warning("slow", status=200)
         else:
-            with with_records():
+            with capture():
                 log.info("request", status=200)
                 log.warning("slow", status=200)
     assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["slow"]

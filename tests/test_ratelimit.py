@@ -17,7 +17,6 @@ from tests.conftest import (
     count_rows,
     new_api_key,
     sync_tenants,
-    unavailable,
     utc,
 )
 from webhook_service.app import create_app
@@ -121,18 +120,6 @@ def test_webhook_and_sync_are_never_limited(
 
 
 # --------------------------------------------------------------------------- shared counts
-
-
-@pytest.fixture
-def redis_db() -> Iterator[redis.Redis]:
-    """The Redis database of the rate-limit tests, reachable or skipped (failed in CI)."""
-    connection = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        connection.ping()
-    except redis.RedisError as exc:
-        unavailable("Redis", exc)
-    yield connection
-    connection.close()
 
 
 def forget(connection: redis.Redis, api_key: str) -> None:

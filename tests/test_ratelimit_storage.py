@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -24,7 +24,7 @@ from limits import parse
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
-from tests.conftest import REDIS_URL, count_rows, spend, unavailable
+from tests.conftest import count_rows, spend
 from tests.tcp_proxy import TcpProxy
 from tests.test_ratelimit import assert_rate_limited, usage
 from webhook_service import ratelimit
@@ -287,17 +287,6 @@ def test_a_storage_lost_after_the_incr_still_gives_a_retry_after() -> None:
 @pytest.fixture
 def env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "RATE_LIMIT": "3/minute"}
-
-
-@pytest.fixture
-def redis_db() -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
-    try:
-        connection.ping()
-    except redis.RedisError as exc:
-        unavailable("Redis", exc)
-    yield connection
-    connection.close()
 
 
 def closed_port() -> int:

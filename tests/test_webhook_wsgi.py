@@ -77,8 +77,11 @@ class CountingStream(io.BytesIO):
         return data
 
 
-def _raw_post(app: Flask, body: bytes, **environ: Any) -> tuple[str, bytes, CountingStream]:
-    stream = CountingStream(body)
+def _raw_post(
+    app: Flask, body: bytes, stream_type: type[CountingStream] = CountingStream, **environ: Any
+) -> tuple[str, bytes, CountingStream]:
+    """POST ``body`` to the webhook straight through the WSGI callable (no test client)."""
+    stream = stream_type(body)
     statuses: list[str] = []
     chunks = app.wsgi_app(
         {
@@ -115,25 +118,12 @@ def test_a_chunked_body_over_the_limit_is_drained_within_a_budget(app: Flask) ->
     assert limit < stream.read_bytes <= limit + 1 + wsgi.DRAIN_BYTES
 
 
-class ResetStream(io.BytesIO):
+class ResetStream(CountingStream):
     def read(self, size: int | None = -1) -> bytes:
         raise ConnectionResetError(104, "Connection reset by peer")
 
 
 def test_a_client_gone_mid_body_is_a_400_not_a_500(app: Flask) -> None:
-    statuses: list[str] = []
-    chunks = app.wsgi_app(
-        {
-            "REQUEST_METHOD": "POST",
-            "PATH_INFO": WEBHOOK,
-            "SERVER_NAME": "test",
-            "SERVER_PORT": "80",
-            "wsgi.url_scheme": "http",
-            "wsgi.input": ResetStream(),
-            "CONTENT_LENGTH": "100",
-            "HTTP_STRIPE_SIGNATURE": "t=1,v1=00",
-        },
-        lambda status, headers, *exc: statuses.append(status),
-    )
-    assert statuses[0].startswith("400 ")
-    assert json.loads(b"".join(chunks))["error"] == "BAD_REQUEST"
+    status, data, _ = _raw_post(app, b"x" * 100, ResetStream, CONTENT_LENGTH="100")
+    assert status.startswith("400 ")
+    assert json.loads(data)["error"] == "BAD_REQUEST"

@@ -45,7 +45,6 @@ class Checkpointer:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.checkpoints = 0
 
     def ensure_running(self) -> None:
         """Start this process's thread if it is not running (cheap when it is)."""
@@ -78,7 +77,6 @@ class Checkpointer:
                             self.path, timeout=0, isolation_level=None, check_same_thread=False
                         )
                     connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                    self.checkpoints += 1
                     warned = False
                 except sqlite3.Error as exc:
                     # The file may be locked, unwritable or gone for a while; the requests
