@@ -1,8 +1,10 @@
-"""Operations endpoints: liveness, readiness and metrics."""
+"""Operations endpoints: liveness, readiness, metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cache
+from importlib.resources import files
 from typing import Any
 
 from flask import Blueprint, Response
@@ -21,9 +23,8 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@bp.get("/readyz")
-def readyz() -> tuple[dict[str, Any], int]:
-    """Ready when the database answers, migrations are current and a secret is set."""
+def readiness() -> tuple[dict[str, str], dict[str, Any]]:
+    """Each readiness check (``ok`` or what is wrong), and the failed events once migrated."""
     svc = services()
     checks: dict[str, str] = {}
     body: dict[str, Any] = {}
@@ -47,6 +48,13 @@ def readyz() -> tuple[dict[str, Any], int]:
     checks["webhook_secret"] = (
         "ok" if svc.settings.webhook_secrets else "STRIPE_WEBHOOK_SECRET is not set"
     )
+    return checks, body
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[dict[str, Any], int]:
+    """Ready when the database answers, migrations are current and a secret is set."""
+    checks, body = readiness()
     failing = {name: state for name, state in checks.items() if state != "ok"}
     if failing:
         message = "; ".join(f"{name}: {state}" for name, state in failing.items())
@@ -62,6 +70,25 @@ def readyz() -> tuple[dict[str, Any], int]:
 
 @bp.get("/metrics")
 def prometheus_metrics() -> Response:
-    """Prometheus text, aggregated over every gunicorn worker."""
-    data, content_type = metrics.render()
+    """Prometheus text, aggregated over every gunicorn worker, and readiness as of now."""
+    checks, body = readiness()
+    data, content_type = metrics.render(
+        metrics.Readiness(
+            ready=all(state == "ok" for state in checks.values()),
+            failed_events=body.get("failed_events"),
+            oldest_failed_event_age_seconds=body.get("oldest_failed_event_age_seconds"),
+        )
+    )
     return Response(data, content_type=content_type)
+
+
+@cache
+def openapi_document() -> bytes:
+    """The OpenAPI 3.1 document shipped with the package (``webhook_service/openapi.json``)."""
+    return files("webhook_service").joinpath("openapi.json").read_bytes()
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 document of every endpoint."""
+    return Response(openapi_document(), content_type="application/json")
