@@ -23,8 +23,9 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def readiness() -> tuple[dict[str, str], dict[str, Any]]:
-    """Each readiness check (``ok`` or what is wrong), and the failed events once migrated."""
+@bp.get("/readyz")
+def readyz() -> tuple[dict[str, Any], int]:
+    """Ready when the database answers, migrations are current and a secret is set."""
     svc = services()
     checks: dict[str, str] = {}
     body: dict[str, Any] = {}
@@ -48,13 +49,6 @@ def readiness() -> tuple[dict[str, str], dict[str, Any]]:
     checks["webhook_secret"] = (
         "ok" if svc.settings.webhook_secrets else "STRIPE_WEBHOOK_SECRET is not set"
     )
-    return checks, body
-
-
-@bp.get("/readyz")
-def readyz() -> tuple[dict[str, Any], int]:
-    """Ready when the database answers, migrations are current and a secret is set."""
-    checks, body = readiness()
     failing = {name: state for name, state in checks.items() if state != "ok"}
     if failing:
         message = "; ".join(f"{name}: {state}" for name, state in failing.items())
@@ -71,12 +65,12 @@ def readyz() -> tuple[dict[str, Any], int]:
 @bp.get("/metrics")
 def prometheus_metrics() -> Response:
     """Prometheus text, aggregated over every gunicorn worker, and readiness as of now."""
-    checks, body = readiness()
+    readiness, status = readyz()
     data, content_type = metrics.render(
         metrics.Readiness(
-            ready=all(state == "ok" for state in checks.values()),
-            failed_events=body.get("failed_events"),
-            oldest_failed_event_age_seconds=body.get("oldest_failed_event_age_seconds"),
+            ready=status == 200,
+            failed_events=readiness.get("failed_events"),
+            oldest_failed_event_age_seconds=readiness.get("oldest_failed_event_age_seconds"),
         )
     )
     return Response(data, content_type=content_type)
