@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
+from tests.openapi_check import OpenAPIClient
 from webhook_service.app import create_app
 from webhook_service.config import Settings, load_settings
 from webhook_service.db import Database
@@ -51,6 +52,14 @@ def unavailable(what: str, error: Exception) -> None:
     if IN_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def openapi_checked_test_clients() -> Iterator[None]:
+    """Check every test client response of a documented endpoint against openapi.json."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Flask, "test_client_class", OpenAPIClient)
+        yield
 
 
 @pytest.fixture

@@ -299,7 +299,11 @@ def _json_dumps(obj: Any, **_kwargs: Any) -> str:
 def _render(log_format: str, colors: bool) -> tuple[list[Processor], Callable[[Any], str] | None]:
     """The processors that turn an event dict into its line, and the short path of JSON."""
     if log_format == "console":
-        return [structlog.dev.ConsoleRenderer(colors=colors)], None
+        # Plain tracebacks even where rich is installed: rich's show frame locals.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
+        )
+        return [renderer], None
     # Plain-text tracebacks: no frame locals (they could hold secrets or payloads).
     return [
         structlog.processors.format_exc_info,

@@ -1,12 +1,15 @@
 """Prometheus metrics, correct across gunicorn workers.
 
 When ``PROMETHEUS_MULTIPROC_DIR`` is set (the gunicorn config prepares it), every
-worker writes its samples there and ``/metrics`` aggregates them all.
+worker writes its samples there and ``/metrics`` aggregates them all. The readiness
+gauges are computed at scrape time (:class:`Readiness`), never stored.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -16,6 +19,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 EVENTS = Counter(
     "nat_webhook_events_total", "Verified Stripe events by type and outcome.", ["type", "outcome"]
@@ -46,10 +50,41 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text of every worker (or of this process alone)."""
+@dataclass(frozen=True)
+class Readiness:
+    """What ``/readyz`` reports, as of the scrape (None: unknown, e.g. not migrated)."""
+
+    ready: bool
+    failed_events: int | None = None
+    oldest_failed_event_age_seconds: int | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "nat_ready", "1 when /readyz answers 200, else 0.", value=int(self.ready)
+        )
+        if self.failed_events is not None:
+            yield GaugeMetricFamily(
+                "nat_webhook_failed_events",
+                "Logged events whose outcome is failed.",
+                value=self.failed_events,
+            )
+            yield GaugeMetricFamily(
+                "nat_webhook_oldest_failed_event_age_seconds",
+                "Age of the oldest failed event (0 when none is failed).",
+                value=self.oldest_failed_event_age_seconds or 0,
+            )
+
+
+def render(readiness: Readiness | None = None) -> tuple[bytes, str]:
+    """The exposition text of every worker (or of this process alone), and ``readiness``."""
     if multiprocess_dir():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+        data = generate_latest(registry)
+    else:
+        data = generate_latest()
+    if readiness is not None:
+        scrape_time = CollectorRegistry()
+        scrape_time.register(readiness)
+        data += generate_latest(scrape_time)
+    return data, CONTENT_TYPE_LATEST

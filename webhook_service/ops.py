@@ -1,8 +1,10 @@
-"""Operations endpoints: liveness, readiness and metrics."""
+"""Operations endpoints: liveness, readiness, metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import cache
+from importlib.resources import files
 from typing import Any
 
 from flask import Blueprint, Response
@@ -62,6 +64,25 @@ def readyz() -> tuple[dict[str, Any], int]:
 
 @bp.get("/metrics")
 def prometheus_metrics() -> Response:
-    """Prometheus text, aggregated over every gunicorn worker."""
-    data, content_type = metrics.render()
+    """Prometheus text, aggregated over every gunicorn worker, and readiness as of now."""
+    readiness, status = readyz()
+    data, content_type = metrics.render(
+        metrics.Readiness(
+            ready=status == 200,
+            failed_events=readiness.get("failed_events"),
+            oldest_failed_event_age_seconds=readiness.get("oldest_failed_event_age_seconds"),
+        )
+    )
     return Response(data, content_type=content_type)
+
+
+@cache
+def openapi_document() -> bytes:
+    """The OpenAPI 3.1 document shipped with the package (``webhook_service/openapi.json``)."""
+    return files("webhook_service").joinpath("openapi.json").read_bytes()
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 document of every endpoint."""
+    return Response(openapi_document(), content_type="application/json")
