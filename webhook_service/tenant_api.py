@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import structlog
@@ -15,6 +16,10 @@ from webhook_service.quotas.service import TenantRef
 from webhook_service.ratelimit import FixedWindowLimit, make_storage
 
 BEARER_HINT = "Send the key in the X-API-Key header, not as Authorization: Bearer."
+# One rule for every endpoint that takes an Idempotency-Key (Stripe's: at most 255
+# characters), of printable ASCII as the IETF draft's sf-string has it.
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+_IDEMPOTENCY_KEY_RE = re.compile(rf"[\x20-\x7e]{{1,{IDEMPOTENCY_KEY_MAX_LENGTH}}}")
 
 
 def rate_limit_bucket() -> str:
@@ -77,6 +82,18 @@ def current_tenant() -> TenantRef:
     g.tenant = tenant
     bind_tenant(tenant.id)
     return tenant
+
+
+def idempotency_key() -> str | None:
+    """The request's Idempotency-Key, if any (400 INVALID_REQUEST if malformed)."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII "
+            "characters.",
+            details=[{"field": "Idempotency-Key", "message": "invalid"}],
+        )
+    return key
 
 
 def json_body(*, optional: bool = False) -> dict[str, Any]:
