@@ -12,6 +12,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -40,6 +41,16 @@ HTTP_REQUESTS = Counter(
 )
 SCAN_SPENDS = Counter("nat_scan_spends_total", "Scans spent.")
 QUOTA_EXCEEDED = Counter("nat_quota_exceeded_total", "Spend requests refused with 402.")
+RATE_LIMIT_STORAGE_FAILURES = Counter(
+    "nat_rate_limit_storage_failures_total",
+    "Times the rate limit storage (Redis) failed or missed its deadline; "
+    "the process then counts in memory.",
+)
+RATE_LIMIT_FALLBACK = Gauge(
+    "nat_rate_limit_storage_fallback",
+    "1 while a worker counts rate limits in its own memory because the storage is down.",
+    multiprocess_mode="livemax",
+)
 
 
 # Every label value comes from a bounded set, whatever a client sends: a label is a new
