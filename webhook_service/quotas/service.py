@@ -98,9 +98,18 @@ class SpendResult:
     replayed: bool
 
 
+# An error body names at most this many problems (and counts them all): a rejected
+# request of megabytes must not be echoed back in an error of hundreds of kilobytes.
+MAX_SYNC_PROBLEMS_SHOWN = 20
+MAX_ECHOED_NAME = 64
+
+
 def _problem(index: int, tenant_id: object, field_name: str, message: str) -> dict[str, Any]:
+    if len(field_name) > MAX_ECHOED_NAME:
+        field_name = field_name[:MAX_ECHOED_NAME] + "..."
     problem: dict[str, Any] = {"index": index, "field": field_name, "message": message}
-    if isinstance(tenant_id, str):
+    # Only a well-formed tenant id is echoed; a malformed one may be any text of any size.
+    if isinstance(tenant_id, str) and TENANT_ID_RE.match(tenant_id):
         problem["tenant_id"] = tenant_id
     return problem
 
@@ -216,9 +225,12 @@ def parse_sync_request(body: object) -> list[SyncEntry]:
             )
         )
     if problems:
+        shown = problems[:MAX_SYNC_PROBLEMS_SHOWN]
+        more = "" if len(shown) == len(problems) else f" (the first {len(shown)} are listed)"
         raise InvalidRequest(
-            f"{len(problems)} problem(s) in the tenants list; nothing was applied.",
-            details=problems,
+            f"{len(problems)} problem(s) in the tenants list{more}; nothing was applied.",
+            details=shown,
+            problem_count=len(problems),
         )
     return entries
 
