@@ -210,6 +210,14 @@ def test_nothing_secret_or_from_a_payload_is_ever_logged(
     )
     odd_quantity["data"]["object"]["items"]["data"][0]["quantity"] = marker
     assert post_event(odd_quantity).status_code == 500
+    # A field a handler logs, carrying the sender's text instead of a number.
+    payment_failed = se.event(
+        "invoice.payment_failed",
+        {"id": se.new_id("in"), "object": "invoice", "attempt_count": marker},
+        created=JAN_1,
+        api_version=se.BASIL_API_VERSION,
+    )
+    assert post_event(payment_failed).status_code == 200
     # Tenant sync and tenant endpoints, with keys right, wrong and in the wrong header.
     sync = {"tenants": [{"tenant_id": tenant, "api_keys": [api_key]}]}
     synced = client.post("/api/v1/tenants/sync", json=sync, headers={"X-Sync-Key": SYNC_KEY})
@@ -226,7 +234,7 @@ def test_nothing_secret_or_from_a_payload_is_ever_logged(
         client.get("/api/v1/usage", headers={"X-API-Key": api_key})
 
     text = logs.text
-    assert len(logs.requests()) == 15 + RATE_LIMIT
+    assert len(logs.requests()) == 16 + RATE_LIMIT
     assert "rate_limit_exceeded" in text
     assert "handler_crashed" in text  # the crash was logged, traceback included
     assert "Traceback" in text
