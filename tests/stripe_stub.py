@@ -43,6 +43,8 @@ class StripeStub:
     scripted: dict[tuple[str, str], deque[Scripted]] = field(
         default_factory=lambda: defaultdict(deque)
     )
+    # Idempotency-Key -> (params, status, body) of the first POST with it, as Stripe keeps.
+    idempotent: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _counter: int = 0
 
@@ -59,6 +61,37 @@ class StripeStub:
         with self._lock:
             self._counter += 1
             return f"{prefix}_stub{self._counter:08d}"
+
+    def answer_once(
+        self, method: str, path: str, params: dict[str, str], key: str | None
+    ) -> tuple[int, dict[str, Any]]:
+        """Stripe's idempotency: a POST's key replays its first answer, if the params match.
+
+        A key reused with other parameters is refused as Stripe refuses it (400
+        ``idempotency_error``), and nothing is done.
+        """
+        if method != "POST" or not key:
+            return self.answer(method, path, params)
+        with self._lock:
+            first = self.idempotent.get(key)
+        if first is not None:
+            if first[0] != params:
+                return 400, {
+                    "error": {
+                        "type": "idempotency_error",
+                        "message": (
+                            "Keys for idempotent requests can only be used with the same "
+                            "parameters they were first used with. Try using a key other "
+                            f"than '{key}' if you meant to execute a different request."
+                        ),
+                    }
+                }
+            return first[1], first[2]
+        status, body = self.answer(method, path, params)
+        if status < 500:  # Stripe does not keep the answer of a request it failed to run
+            with self._lock:
+                self.idempotent.setdefault(key, (params, status, body))
+        return status, body
 
     # -- default answers, shaped like Stripe's ------------------------------------
 
@@ -132,7 +165,9 @@ def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
                     self.command, url.path, params, {k: v for k, v in self.headers.items()}
                 )
             )
-            status, body = stub.answer(self.command, url.path, params)
+            status, body = stub.answer_once(
+                self.command, url.path, params, self.headers.get("Idempotency-Key")
+            )
             data = json.dumps(body).encode("utf-8")
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

@@ -4,8 +4,10 @@
 connection to the target. ``cut()`` closes every open connection (with a reset, so the
 peer notices at once instead of waiting on a timeout) and resets every new one as soon as
 it is accepted: to a client this is a database that went away. ``restore()`` forwards
-again. Everything runs in daemon threads and is bounded in time; ``close()`` (or leaving
-the ``with`` block) stops it all.
+again. ``hold()`` keeps every connection open but forwards no byte (new connections are
+accepted too) until ``release()``: to a client this is a server that stopped answering.
+Everything runs in daemon threads and is bounded in time; ``close()`` (or leaving the
+``with`` block) stops it all.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._cut = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self._stopped = threading.Event()
         self.accepted = 0
         self.refused = 0
@@ -75,9 +79,18 @@ class TcpProxy:
         """Forward new connections again."""
         self._cut.clear()
 
+    def hold(self) -> None:
+        """Forward no byte, either way, until :meth:`release` (connections stay open)."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        """Forward again, held bytes first."""
+        self._flowing.set()
+
     def close(self) -> None:
         """Stop listening and reset every connection."""
         self._stopped.set()
+        self._flowing.set()
         self._thread.join(timeout=5)
         self._listener.close()
         self._reset_all()
@@ -125,6 +138,7 @@ class TcpProxy:
                 data = source.recv(BUFFER_BYTES)
                 if not data:
                     break
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

@@ -7,6 +7,7 @@ would read (tracebacks included). ``test_webhook_gunicorn`` checks gunicorn's st
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -56,6 +57,15 @@ def capture() -> Iterator[Captured]:
         yield Captured(stream)
     finally:
         root.removeHandler(handler)
+
+
+RATE_LIMIT = 5
+
+
+@pytest.fixture
+def env(env: dict[str, str]) -> dict[str, str]:
+    """A rate limit small enough to reach (and log) in a test."""
+    return {**env, "RATE_LIMIT": f"{RATE_LIMIT}/minute"}
 
 
 @pytest.fixture
@@ -187,6 +197,27 @@ def test_nothing_secret_or_from_a_payload_is_ever_logged(
     for item in crashing["data"]["object"]["items"]["data"]:
         item["price"]["recurring"]["interval_count"] = 2**70  # a database error in the handler
     assert post_event(crashing).status_code == 500
+    # A handler error about a field whose value is the sender's text.
+    odd_quantity = se.subscription_event(
+        "customer.subscription.updated",
+        sub_id=se.new_id("sub"),
+        customer=se.new_id("cus"),
+        status="active",
+        period_start=JAN_1,
+        period_end=JAN_1 + 31 * 86400,
+        created=JAN_1 + 60,
+        api_version=se.BASIL_API_VERSION,
+    )
+    odd_quantity["data"]["object"]["items"]["data"][0]["quantity"] = marker
+    assert post_event(odd_quantity).status_code == 500
+    # A field a handler logs, carrying the sender's text instead of a number.
+    payment_failed = se.event(
+        "invoice.payment_failed",
+        {"id": se.new_id("in"), "object": "invoice", "attempt_count": marker},
+        created=JAN_1,
+        api_version=se.BASIL_API_VERSION,
+    )
+    assert post_event(payment_failed).status_code == 200
     # Tenant sync and tenant endpoints, with keys right, wrong and in the wrong header.
     sync = {"tenants": [{"tenant_id": tenant, "api_keys": [api_key]}]}
     synced = client.post("/api/v1/tenants/sync", json=sync, headers={"X-Sync-Key": SYNC_KEY})
@@ -198,15 +229,22 @@ def test_nothing_secret_or_from_a_payload_is_ever_logged(
     client.post(
         "/api/v1/usage/scans", json={"count": 1, "note": marker}, headers={"X-API-Key": api_key}
     )
+    # Past the rate limit: the rate_limit_exceeded line names the client, not its key's hash.
+    for _ in range(RATE_LIMIT):
+        client.get("/api/v1/usage", headers={"X-API-Key": api_key})
 
     text = logs.text
-    assert len(logs.requests()) == 14
+    assert len(logs.requests()) == 16 + RATE_LIMIT
+    assert "rate_limit_exceeded" in text
     assert "handler_crashed" in text  # the crash was logged, traceback included
     assert "Traceback" in text
     # Values a crashed statement carried (the database error is logged without them).
     crashed_customer = crashing["data"]["object"]["customer"]
-    for secret in (WEBHOOK_SECRET, SYNC_KEY, api_key, marker, crashed_customer):
+    # The stored hash of the key is as good as the key to whoever can sync.
+    key_sha256 = hashlib.sha256(api_key.encode()).hexdigest()
+    for secret in (WEBHOOK_SECRET, SYNC_KEY, api_key, marker, crashed_customer, key_sha256):
         assert secret not in text
+    assert marker[:8] not in text
     for fragment in ("whsec_", "nat_pk_", "Bearer", "sync_test_key", '"object": "event"'):
         assert fragment not in text
 

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
-from tests.conftest import SYNC_KEY, Subscription, new_api_key, sync_tenants, utc
+from tests.conftest import SYNC_KEY, Subscription, count_rows, new_api_key, sync_tenants, utc
 from webhook_service.app import create_app
 from webhook_service.db import Database
 from webhook_service.models import api_keys, tenants
@@ -327,3 +327,39 @@ def test_malformed_bodies_are_400(
     assert (response.json["error"], response.json["status"]) == ("INVALID_REQUEST", 400)
     assert response.json["details"] == [{"field": "tenants", "message": "required list"}]
     assert tenant_rows(database) == []
+
+
+def test_error_details_are_bounded(client: FlaskClient, database: Database) -> None:
+    """List the first 20 problems and count them all; echo no malformed tenant id."""
+    junk = "x" * 600  # not a tenant id: never echoed back
+    tenants = [{"tenant_id": f"{junk}{n}", "api_keys": ["nope"]} for n in range(3000)]
+    tenants.append({"tenant_id": "tnt_ok", "y" * 5000: 1})
+    response = client.post(
+        "/api/v1/tenants/sync", json={"tenants": tenants}, headers={"X-Sync-Key": SYNC_KEY}
+    )
+    assert response.status_code == 400
+    body = response.json
+    assert body is not None
+    assert body["error"] == "INVALID_REQUEST"
+    assert body["problem_count"] == 3000 * 2 + 1
+    assert len(body["details"]) == 20
+    assert [d["index"] for d in body["details"]] == sorted(n // 2 for n in range(20))
+    assert "6001 problem(s)" in body["message"]
+    assert len(response.get_data()) < 8 * 1024
+    assert junk not in response.get_data(as_text=True)
+    assert count_rows(database, "tenants") == 0
+
+
+def test_unknown_field_names_are_bounded(client: FlaskClient) -> None:
+    """Name an unknown field shortened, not as sent."""
+    response = client.post(
+        "/api/v1/tenants/sync",
+        json={"tenants": [{"tenant_id": "tnt_ok", "z" * 5000: 1}]},
+        headers={"X-Sync-Key": SYNC_KEY},
+    )
+    assert response.status_code == 400
+    assert response.json is not None
+    [problem] = response.json["details"]
+    assert problem["tenant_id"] == "tnt_ok"
+    assert len(problem["field"]) <= 70
+    assert response.json["problem_count"] == 1

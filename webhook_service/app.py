@@ -70,7 +70,9 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
     _init_request_logging(app, request_log)
     app.register_blueprint(ops.bp)
     app.register_blueprint(webhook_views.bp)
-    init_rate_limit(app, quota_views.tenant_bp, billing_views.bp)
+    init_rate_limit(
+        app, quota_views.tenant_bp, billing_views.bp, auth_blueprints=(quota_views.sync_bp,)
+    )
     app.register_blueprint(quota_views.tenant_bp)
     app.register_blueprint(quota_views.sync_bp)
     app.register_blueprint(billing_views.bp)

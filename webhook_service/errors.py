@@ -83,6 +83,16 @@ class QuotaExceeded(ServiceError):
     status, code = 402, "QUOTA_EXCEEDED"
 
 
+class IdempotencyKeyReused(ServiceError):
+    """The IETF Idempotency-Key draft's answer (422) to a key reused with another request."""
+
+    status, code = 422, "IDEMPOTENCY_KEY_REUSED"
+    default_message = (
+        "This Idempotency-Key was already used with a different request. "
+        "Use a new key for a new request; nothing was done."
+    )
+
+
 class RateLimited(ServiceError):
     status, code = 429, "RATE_LIMITED"
 

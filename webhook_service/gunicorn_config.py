@@ -15,6 +15,7 @@ from gunicorn.glogging import Logger
 
 from webhook_service.config import ConfigError, load_settings
 from webhook_service.logging import configure_logging, formatter_for_stdlib
+from webhook_service.server_errors import install as install_json_errors
 
 try:
     _settings = load_settings()
@@ -47,9 +48,51 @@ proc_name = "nat-webhook-service"
 control_socket_disable = True
 
 # Prometheus multiprocess mode: each worker writes its samples into this directory.
+# Unless one is given, a temporary one named after the master's pid, removed at exit
+# (on_exit), or at the next start on this host if the master was killed (on_starting).
+METRICS_DIR_PREFIX = "nat-metrics-"
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="nat-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(
+        prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-"
+    )
 _metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+# Made by this master (also when the config is read again on SIGHUP), not given to it.
+_own_metrics_dir = os.path.basename(_metrics_dir).startswith(f"{METRICS_DIR_PREFIX}{os.getpid()}-")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_metrics_dirs(parent: str | None = None) -> list[str]:
+    """Remove the metrics directories of masters that are gone; return their paths.
+
+    Only ``nat-metrics-<pid>-*`` directories whose pid is not running are removed (the
+    pid is in the name since this release; older, unnamed ones are left alone).
+    """
+    parent = parent or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(METRICS_DIR_PREFIX):
+            continue
+        pid, sep, _ = name[len(METRICS_DIR_PREFIX) :].partition("-")
+        if not sep or not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        path = os.path.join(parent, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 class StructlogGunicornLogger(Logger):
@@ -66,7 +109,13 @@ logger_class = StructlogGunicornLogger
 
 
 def on_starting(server: Any) -> None:
-    """Start with an empty metrics directory: stale files would double-count."""
+    """Start with an empty metrics directory: stale files would double-count.
+
+    Also: gunicorn's own error answers become JSON, and the metrics directories that
+    masters killed before their exit hook left in the temporary directory are removed.
+    """
+    install_json_errors()
+    remove_stale_metrics_dirs()
     os.makedirs(_metrics_dir, exist_ok=True)
     for name in os.listdir(_metrics_dir):
         path = os.path.join(_metrics_dir, name)
@@ -74,6 +123,12 @@ def on_starting(server: Any) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             os.unlink(path)
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory this master made (not one it was given)."""
+    if _own_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
 
 
 def child_exit(server: Any, worker: Any) -> None:

@@ -15,6 +15,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -44,6 +45,35 @@ HTTP_REQUESTS = Counter(
 )
 SCAN_SPENDS = Counter("nat_scan_spends_total", "Scans spent.")
 QUOTA_EXCEEDED = Counter("nat_quota_exceeded_total", "Spend requests refused with 402.")
+RATE_LIMIT_STORAGE_FAILURES = Counter(
+    "nat_rate_limit_storage_failures_total",
+    "Times the rate limit storage (Redis) failed or missed its deadline; "
+    "the process then counts in memory.",
+)
+RATE_LIMIT_FALLBACK = Gauge(
+    "nat_rate_limit_storage_fallback",
+    "1 while a worker counts rate limits in its own memory because the storage is down.",
+    multiprocess_mode="livemax",
+)
+
+
+# Every label value comes from a bounded set, whatever a client sends: a label is a new
+# series in every worker's file and in every scrape. Methods outside RFC 9110's (and
+# PATCH) are counted as "other"; event types the service has no handler for as well.
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+OTHER = "other"
+
+
+def method_label(method: str) -> str:
+    """``method`` if it is a standard HTTP method, else ``"other"``."""
+    return method if method in HTTP_METHODS else OTHER
+
+
+def event_type_label(event_type: str, *, handled: bool) -> str:
+    """``event_type`` if the service handles it, else ``"other"`` (Stripe keeps adding types)."""
+    return event_type if handled else OTHER
 
 
 def multiprocess_dir() -> str | None:

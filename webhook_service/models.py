@@ -156,6 +156,8 @@ scan_spends = Table(
     Column("count", Integer, nullable=False),
     Column("spent_at", UTCDateTime, nullable=False),
     Column("idempotency_key", String(255)),
+    # SHA-256 of the canonical request the key was first used with (NULL before 0004).
+    Column("request_sha256", String(64)),
     Column("response", Text),
     Index("ix_scan_spends_tenant_id_spent_at", "tenant_id", "spent_at"),
     UniqueConstraint("tenant_id", "idempotency_key"),

@@ -7,7 +7,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 from sqlalchemy.exc import SQLAlchemyError
 
 from webhook_service import metrics
@@ -49,7 +49,15 @@ def readyz() -> tuple[dict[str, Any], int]:
     checks["webhook_secret"] = (
         "ok" if svc.settings.webhook_secrets else "STRIPE_WEBHOOK_SECRET is not set"
     )
-    failing = {name: state for name, state in checks.items() if state != "ok"}
+    limiter = current_app.extensions.get("nat_limiter")
+    if limiter is not None and limiter.guarded.shared:
+        # Redis down or stalled: limits are counted per process meanwhile; still ready.
+        checks["rate_limit_storage"] = limiter.guarded.probe()
+    failing = {
+        name: state
+        for name, state in checks.items()
+        if state != "ok" and not state.startswith("degraded")
+    }
     if failing:
         message = "; ".join(f"{name}: {state}" for name, state in failing.items())
         return {

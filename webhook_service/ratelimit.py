@@ -14,17 +14,22 @@ worker, a thread start for nearly every request.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import structlog
 from limits import RateLimitItem, parse
 from limits.errors import ConfigurationError
 from limits.storage import Storage, storage_from_string
 
+from webhook_service import metrics
+
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # How often FixedWindowMemoryStorage drops the windows that ended; each key is also
 # expired when it is next counted, so this only bounds the memory of keys not seen again.
@@ -32,6 +37,10 @@ SWEEP_INTERVAL_S = 10.0
 # While the storage is down, check it again after 1, 2, 4 ... 32 s, then from 1 s again
 # (flask-limiter's schedule: MAX_BACKEND_CHECKS = 5).
 MAX_BACKOFF_EXPONENT = 5
+# Deadlines of a Redis storage (seconds): well under a request's budget, well over a
+# healthy round trip on a network (< 1 ms in the same zone).
+REDIS_CONNECT_TIMEOUT_S = 0.25
+REDIS_READ_TIMEOUT_S = 0.25
 
 
 class _Window:
@@ -122,82 +131,110 @@ class FixedWindowMemoryStorage(Storage):
 
 
 def make_storage(storage_uri: str) -> Storage:
-    """The storage of ``RATELIMIT_STORAGE_URI``: a timer-free one for memory://."""
+    """The storage of ``RATELIMIT_STORAGE_URI``: a timer-free one for memory://.
+
+    A Redis storage gets short connect and read deadlines: ``limits`` hands Redis a
+    client without socket timeouts, so a Redis that stops answering (a full network
+    buffer, a paused host) held each request until the worker was killed. Past the
+    deadline a call fails like a refused connection, and the limit counts in memory.
+    """
     if storage_uri.startswith("memory://"):
         return FixedWindowMemoryStorage()
-    storage = storage_from_string(storage_uri)
+    options: dict[str, float | str | bool] = {}
+    if storage_uri.startswith(("redis://", "rediss://", "redis+unix://")):
+        options = {
+            "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S,
+            "socket_timeout": REDIS_READ_TIMEOUT_S,
+        }
+    storage = storage_from_string(storage_uri, **options)
     if not isinstance(storage, Storage):  # an async+ scheme: the app is synchronous
         raise ConfigurationError(f"not a synchronous rate limit storage: {storage_uri!r}")
     return storage
 
 
-class FixedWindowLimit:
-    """One ``limits`` item, counted per bucket in a fixed window, with an in-memory fallback.
+def log_label(bucket: str) -> str:
+    """What the log says of a bucket: never the stored SHA-256 of an API key.
 
-    ``hit(bucket)`` counts one request and answers ``None`` (allowed) or the Retry-After
-    seconds of a refusal. If the storage fails (Redis down), the count moves to a
-    per-process memory storage at once and the storage is pinged again, with an
-    exponential backoff, by later requests until it answers: an outage of the storage
-    never fails a request, which is still limited (per process) meanwhile.
+    A key's bucket holds the very hash the database keeps (and the sync endpoint takes as
+    ``api_key_sha256``). The log gets 12 hex digits of a hash of that hash, under its own
+    prefix: enough to follow one client across lines and instances, useless as a key.
+    """
+    kind, sep, _ = bucket.partition(":")
+    if kind == "addr" or not sep:
+        return bucket
+    digest = hashlib.sha256(f"nat-log-fingerprint\n{bucket}".encode()).hexdigest()
+    return f"{kind}:{digest[:12]}"
+
+
+class GuardedStorage:
+    """A ``limits`` storage with a per-process memory fallback, shared by several limits.
+
+    If the storage fails (Redis down, or stalled past its deadline), every limit on it
+    counts in the fallback at once, and the storage is pinged again, with an exponential
+    backoff, by later requests until it answers: an outage of the storage never fails a
+    request, which is still limited (per process) meanwhile.
     """
 
-    def __init__(
-        self,
-        rate_limit: str | RateLimitItem,
-        storage: Storage,
-        *,
-        key_prefix: str,
-        scope: str,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.item = parse(rate_limit) if isinstance(rate_limit, str) else rate_limit
+    def __init__(self, storage: Storage, *, clock: Callable[[], float] = time.time) -> None:
         self.storage = storage
         self.fallback = FixedWindowMemoryStorage(clock=clock)
-        # The key flask-limiter counted in, ``item.key_for(key_prefix, bucket, scope)``
-        # (LIMITER/nat/<bucket>/tenant-api/120/1/minute), split once around the bucket.
-        marker = "\x00"
-        template = self.item.key_for(key_prefix, marker, scope)
-        self._key_head, self._key_tail = template.split(marker)
-        self._amount = self.item.amount
-        self._expiry = self.item.get_expiry()
         self._clock = clock
-        self.storage_dead = False
+        self.dead = False
+        self.last_error: str | None = None
         self._checks = 0
         self._last_check = clock()
 
-    def key_for(self, bucket: str) -> str:
-        """The storage key of ``bucket``."""
-        return f"{self._key_head}{bucket}{self._key_tail}"
+    @property
+    def shared(self) -> bool:
+        """True if the storage is shared (Redis), not this process's memory."""
+        return not isinstance(self.storage, FixedWindowMemoryStorage)
 
-    def hit(self, bucket: str) -> int | None:
-        """Count a request of ``bucket``: None if allowed, else its Retry-After in seconds."""
-        key = self.key_for(bucket)
-        if self.storage_dead:
+    def use(self, operation: Callable[[Storage], T]) -> T:
+        """Run ``operation`` on the storage, or on the fallback while the storage is down."""
+        if self.dead:
             self._try_to_recover()
-        if not self.storage_dead:
+        if not self.dead:
             try:
-                return self._count(self.storage, key, bucket)
+                return operation(self.storage)
             except Exception as exc:
-                log.warning(
-                    "rate_limit_storage_unreachable",
-                    error=type(exc).__name__,
-                    detail="counting in memory until it answers again",
-                )
-                self.storage_dead = True
-                self._checks, self._last_check = 0, self._clock()
-        return self._count(self.fallback, key, bucket)
+                self._failed(exc)
+        return operation(self.fallback)
 
-    def _count(self, storage: Storage, key: str, bucket: str) -> int | None:
-        if storage.incr(key, self._expiry) <= self._amount:
-            return None
-        log.info("rate_limit_exceeded", limit=str(self.item), bucket=bucket)
-        try:
-            reset = storage.get_expiry(key)
-        except Exception:  # the storage went away since the incr: the whole window
-            reset = self._clock() + self._expiry
-        # One second past the window's end, like flask-limiter's RequestLimit.reset_at
-        # (Redis keeps whole-second TTLs), so that a client never comes back too early.
-        return max(1, math.ceil(int(reset + 1) - self._clock()))
+    def _failed(self, exc: Exception) -> None:
+        log.warning(
+            "rate_limit_storage_unreachable",
+            error=type(exc).__name__,
+            detail="counting in memory until it answers again",
+        )
+        metrics.RATE_LIMIT_STORAGE_FAILURES.inc()
+        metrics.RATE_LIMIT_FALLBACK.set(1)
+        self.dead = True
+        self.last_error = type(exc).__name__
+        self._checks, self._last_check = 0, self._clock()
+
+    def probe(self) -> str:
+        """The storage's state for /readyz: "ok", or why this process counts in memory.
+
+        Pings the storage (within its deadline) while it is thought up, so that a stall is
+        found by the probe rather than by a tenant's request; while it is down, pings only
+        when the backoff allows.
+        """
+        if not self.dead:
+            try:
+                alive = self.storage.check()
+            except Exception as exc:
+                self._failed(exc)
+            else:
+                if not alive:
+                    self._failed(ConnectionError("no answer to PING"))
+        else:
+            self._try_to_recover()
+        if self.dead:
+            return (
+                f"degraded: storage unreachable ({self.last_error}); "
+                "counting per process until it answers"
+            )
+        return "ok"
 
     def _try_to_recover(self) -> None:
         """Ping the failed storage once the backoff allows; count in it again if it answers."""
@@ -214,5 +251,85 @@ class FixedWindowLimit:
             alive = False
         if alive:
             log.info("rate_limit_storage_recovered")
-            self.storage_dead = False
+            metrics.RATE_LIMIT_FALLBACK.set(0)
+            self.dead = False
             self._checks = 0
+
+
+class FixedWindowLimit:
+    """One ``limits`` item, counted per bucket in a fixed window, with an in-memory fallback.
+
+    ``hit(bucket)`` counts one request and answers ``None`` (allowed) or the Retry-After
+    seconds of a refusal. The storage may be a :class:`GuardedStorage` shared with other
+    limits (one outage, one fallback for all), or a plain storage, guarded for this limit.
+    """
+
+    def __init__(
+        self,
+        rate_limit: str | RateLimitItem,
+        storage: Storage | GuardedStorage,
+        *,
+        key_prefix: str,
+        scope: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.item = parse(rate_limit) if isinstance(rate_limit, str) else rate_limit
+        self.guarded = (
+            storage if isinstance(storage, GuardedStorage) else GuardedStorage(storage, clock=clock)
+        )
+        self.scope = scope
+        # The key flask-limiter counted in, ``item.key_for(key_prefix, bucket, scope)``
+        # (LIMITER/nat/<bucket>/tenant-api/120/1/minute), split once around the bucket.
+        marker = "\x00"
+        template = self.item.key_for(key_prefix, marker, scope)
+        self._key_head, self._key_tail = template.split(marker)
+        self._amount = self.item.amount
+        self._expiry = self.item.get_expiry()
+        self._clock = clock
+
+    @property
+    def storage_dead(self) -> bool:
+        """True while the storage is down and this process counts in memory."""
+        return self.guarded.dead
+
+    def key_for(self, bucket: str) -> str:
+        """The storage key of ``bucket``."""
+        return f"{self._key_head}{bucket}{self._key_tail}"
+
+    def hit(self, bucket: str) -> int | None:
+        """Count a request of ``bucket``: None if allowed, else its Retry-After in seconds."""
+        key = self.key_for(bucket)
+        return self.guarded.use(lambda storage: self._count(storage, key, bucket))
+
+    def blocked(self, bucket: str) -> int | None:
+        """Retry-After in seconds if ``bucket`` is already past the limit, else None (no count)."""
+        key = self.key_for(bucket)
+
+        def peek(storage: Storage) -> int | None:
+            if storage.get(key) < self._amount:
+                return None
+            return self._retry_after(storage, key)
+
+        return self.guarded.use(peek)
+
+    def seen(self, bucket: str) -> bool:
+        """True if ``bucket`` was hit in its current window (no count)."""
+        key = self.key_for(bucket)
+        return self.guarded.use(lambda storage: storage.get(key) > 0)
+
+    def _count(self, storage: Storage, key: str, bucket: str) -> int | None:
+        if storage.incr(key, self._expiry) <= self._amount:
+            return None
+        log.info(
+            "rate_limit_exceeded", limit=str(self.item), scope=self.scope, bucket=log_label(bucket)
+        )
+        return self._retry_after(storage, key)
+
+    def _retry_after(self, storage: Storage, key: str) -> int:
+        try:
+            reset = storage.get_expiry(key)
+        except Exception:  # the storage went away since the incr: the whole window
+            reset = self._clock() + self._expiry
+        # One second past the window's end, like flask-limiter's RequestLimit.reset_at
+        # (Redis keeps whole-second TTLs), so that a client never comes back too early.
+        return max(1, math.ceil(int(reset + 1) - self._clock()))

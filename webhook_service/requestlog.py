@@ -60,8 +60,12 @@ class RequestLog:
         duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
         counter = self._counters.get((route, method, status))
         if counter is None:
-            counter = metrics.HTTP_REQUESTS.labels(route, method, str(status))
-            self._counters[route, method, status] = counter
+            # Keyed by the method as sent, but only a bounded set of series is ever made
+            # (and only standard methods are kept as keys: the dict stays bounded too).
+            label = metrics.method_label(method)
+            counter = metrics.HTTP_REQUESTS.labels(route, label, str(status))
+            if label == method:
+                self._counters[route, method, status] = counter
         counter.inc()
         if route not in UNLOGGED_ROUTES:
             self._log.info(

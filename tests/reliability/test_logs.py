@@ -3,6 +3,7 @@ and no secret anywhere, failures included."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -52,6 +53,8 @@ def test_every_line_is_json_with_request_ids_and_no_secrets(
         "LOG_FORMAT": "json",
         "STRIPE_API_KEY": STRIPE_KEY,
         "STRIPE_API_BASE": f"http://127.0.0.1:{closed_port()}",
+        # Small enough to reach: the rate_limit_exceeded line is scanned too.
+        "RATE_LIMIT": "20/minute",
     }
     api_key = new_api_key()
     customer = se.new_id("cus")
@@ -63,11 +66,13 @@ def test_every_line_is_json_with_request_ids_and_no_secrets(
         "Stripe key": STRIPE_KEY,
         "database password": DB_PASSWORD,
         "payload": PAYLOAD_MARKER,
+        # The hash the database stores (and sync accepts as api_key_sha256).
+        "API key SHA-256": hashlib.sha256(api_key.encode()).hexdigest(),
     }
     log_path = tmp_path / "gunicorn.log"
     expected: dict[str, int] = {}
 
-    with running_service(env, workers=2, log_path=log_path) as base_url:
+    with running_service(env, workers=1, log_path=log_path) as base_url:
 
         def call(
             name: str,
@@ -150,6 +155,14 @@ def test_every_line_is_json_with_request_ids_and_no_secrets(
         body, headers = signed(subscription("active", "price_not_in_any_plan"))
         call("webhook-handler-fails", "POST", WEBHOOK_PATH, 500, body, headers)
         call("webhook-not-json", "POST", WEBHOOK_PATH, 400, *signed(b"{" + PAYLOAD_MARKER.encode()))
+        # A handler error about a field carrying the sender's text.
+        odd = subscription("active", se.DEFAULT_PRICE_ID)
+        odd["data"]["object"]["items"]["data"][0]["quantity"] = PAYLOAD_MARKER
+        call("webhook-odd-quantity", "POST", WEBHOOK_PATH, 500, *signed(odd))
+        # One worker: the key's 21st request in the minute is refused and logged.
+        for n in range(16):
+            call(f"usage-{n}", "GET", "/api/v1/usage", 200, headers={"X-API-Key": api_key})
+        call("usage-limited", "GET", "/api/v1/usage", 429, headers={"X-API-Key": api_key})
         call("unknown-path", "GET", f"/nope?sync={SYNC_KEY}&key={api_key}", 404)
         call("readyz", "GET", "/readyz", 200)
 
@@ -174,3 +187,4 @@ def test_every_line_is_json_with_request_ids_and_no_secrets(
     failed = next(r for r in request_lines if r["request_id"] == "rel-logs-webhook-handler-fails")
     assert failed["outcome"] == "failed"
     assert any(record.get("logger", "").startswith("gunicorn") for record in records)
+    assert any(record.get("event") == "rate_limit_exceeded" for record in records)

@@ -15,7 +15,12 @@ from typing import Any
 import stripe
 import structlog
 
-from webhook_service.errors import BillingNotConfigured, StripeRequestFailed, StripeUnavailable
+from webhook_service.errors import (
+    BillingNotConfigured,
+    IdempotencyKeyReused,
+    StripeRequestFailed,
+    StripeUnavailable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +64,11 @@ class StripeGateway:
         """One raw API call; the JSON body as a dict."""
         try:
             response = self.client.raw_request(method, path, **kwargs)
+        except stripe.IdempotencyError as exc:
+            log.info(
+                "stripe_idempotency_error", operation=operation, stripe_request_id=_request_id(exc)
+            )
+            raise IdempotencyKeyReused() from None
         except stripe.CardError as exc:
             log.info("stripe_card_error", operation=operation, stripe_request_id=_request_id(exc))
             raise StripeRequestFailed(exc.user_message or "The card was declined.") from None

@@ -7,11 +7,11 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, request
+from flask import Blueprint
 
 from webhook_service.context import services
 from webhook_service.errors import InvalidRequest, NoBillingAccount, UnknownPrice
-from webhook_service.tenant_api import current_tenant, json_body
+from webhook_service.tenant_api import current_tenant, idempotency_key, json_body
 
 bp = Blueprint("billing", __name__)
 
@@ -80,10 +80,10 @@ def create_checkout() -> dict[str, Any]:
 
 def _idempotency_key(tenant_id: str, params: dict[str, Any]) -> str:
     """The client's Idempotency-Key (scoped to the tenant), or one derived from the request."""
-    given = request.headers.get("Idempotency-Key")
-    if given:
-        if len(given) > 200:
-            raise InvalidRequest("Idempotency-Key must be at most 200 characters.")
+    given = idempotency_key()
+    if given is not None:
+        # Stripe compares the parameters a key is reused with, and refuses other ones
+        # with an idempotency_error, answered 422 IDEMPOTENCY_KEY_REUSED.
         basis = f"{tenant_id}\n{given}"
     else:
         window = int(time.time()) // CHECKOUT_DEDUP_WINDOW_S

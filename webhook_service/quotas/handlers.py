@@ -154,11 +154,13 @@ def invoice_paid(event: StripeEvent, ctx: EventContext) -> HandlerResult:
 def invoice_payment_failed(event: StripeEvent, ctx: EventContext) -> HandlerResult:
     """Occurs whenever an invoice payment attempt fails."""
     tenant_id = tenant_for_customer(ctx.conn, object_id(event.object.get("customer")))
+    attempts = event.object.get("attempt_count")
     log.warning(
         "invoice_payment_failed",
         event_id=event.id,
         tenant_id=tenant_id,
-        attempt_count=event.object.get("attempt_count"),
+        # A count, or nothing: the field is the sender's and could hold any text.
+        attempt_count=attempts if type(attempts) is int else None,
     )
     return HandlerResult("processed", tenant_id)
 

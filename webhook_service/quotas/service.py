@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,12 @@ from sqlalchemy import bindparam, insert, select, update
 
 from webhook_service import metrics
 from webhook_service.db import Database
-from webhook_service.errors import InvalidApiKey, InvalidRequest, QuotaExceeded
+from webhook_service.errors import (
+    IdempotencyKeyReused,
+    InvalidApiKey,
+    InvalidRequest,
+    QuotaExceeded,
+)
 from webhook_service.models import scan_spends, tenants, utcnow
 from webhook_service.plans import PlanCatalog
 from webhook_service.quotas.state import Usage, rfc3339, tenant_usage
@@ -37,16 +43,32 @@ from webhook_service.sql import Prepared, run
 
 MAX_SPEND_COUNT = 1000
 _PRIOR_SPEND = Prepared(
-    select(scan_spends.c.response).where(
+    select(scan_spends.c.response, scan_spends.c.request_sha256).where(
         scan_spends.c.tenant_id == bindparam("b_tenant"),
         scan_spends.c.idempotency_key == bindparam("b_key"),
     )
 )
 _RECORD_SPEND = Prepared(
     insert(scan_spends),
-    column_keys=("tenant_id", "count", "spent_at", "idempotency_key", "response"),
+    column_keys=(
+        "tenant_id",
+        "count",
+        "spent_at",
+        "idempotency_key",
+        "request_sha256",
+        "response",
+    ),
 )
 MAX_SYNC_TENANTS = 10_000
+
+
+def spend_fingerprint(count: int) -> str:
+    """SHA-256 of the canonical spend request (operation and count), kept with its key.
+
+    What the request means, not how it was spelled: ``{}`` and ``{"count": 1}`` are
+    the same request.
+    """
+    return hashlib.sha256(f"POST /api/v1/usage/scans\ncount={count}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -76,9 +98,18 @@ class SpendResult:
     replayed: bool
 
 
+# An error body names at most this many problems (and counts them all): a rejected
+# request of megabytes must not be echoed back in an error of hundreds of kilobytes.
+MAX_SYNC_PROBLEMS_SHOWN = 20
+MAX_ECHOED_NAME = 64
+
+
 def _problem(index: int, tenant_id: object, field_name: str, message: str) -> dict[str, Any]:
+    if len(field_name) > MAX_ECHOED_NAME:
+        field_name = field_name[:MAX_ECHOED_NAME] + "..."
     problem: dict[str, Any] = {"index": index, "field": field_name, "message": message}
-    if isinstance(tenant_id, str):
+    # Only a well-formed tenant id is echoed; a malformed one may be any text of any size.
+    if isinstance(tenant_id, str) and TENANT_ID_RE.match(tenant_id):
         problem["tenant_id"] = tenant_id
     return problem
 
@@ -194,9 +225,12 @@ def parse_sync_request(body: object) -> list[SyncEntry]:
             )
         )
     if problems:
+        shown = problems[:MAX_SYNC_PROBLEMS_SHOWN]
+        more = "" if len(shown) == len(problems) else f" (the first {len(shown)} are listed)"
         raise InvalidRequest(
-            f"{len(problems)} problem(s) in the tenants list; nothing was applied.",
-            details=problems,
+            f"{len(problems)} problem(s) in the tenants list{more}; nothing was applied.",
+            details=shown,
+            problem_count=len(problems),
         )
     return entries
 
@@ -245,12 +279,16 @@ class QuotaService:
             row = get_tenant(conn, tenant.id, lock=True)  # serialises spends of one tenant
             if row is None or not row.active:
                 raise InvalidApiKey()
+            fingerprint = spend_fingerprint(count)
             if idempotency_key is not None:
                 prior = run(
                     conn, _PRIOR_SPEND, {"b_tenant": tenant.id, "b_key": idempotency_key}
-                ).scalar_one_or_none()
+                ).one_or_none()
                 if prior is not None:
-                    return SpendResult(json.loads(prior), replayed=True)
+                    # Rows from before migration 0004 have no fingerprint: replayed as before.
+                    if prior.request_sha256 not in (None, fingerprint):
+                        raise IdempotencyKeyReused()
+                    return SpendResult(json.loads(prior.response), replayed=True)
             now = self.clock()
             usage = tenant_usage(conn, tenant.id, row.stripe_customer_id, self.catalog, now)
             if usage.scans_remaining < count:
@@ -269,6 +307,7 @@ class QuotaService:
                     "count": count,
                     "spent_at": now,
                     "idempotency_key": idempotency_key,
+                    "request_sha256": fingerprint if idempotency_key is not None else None,
                     "response": json.dumps(body),
                 },
             )

@@ -137,9 +137,11 @@ def read_subscription(
         or isinstance(quantity, bool)
         or not 0 <= quantity <= MAX_QUANTITY
     ):
+        # Named by its JSON type, never by its value: the error is logged and stored.
+        got = "an integer out of range" if isinstance(quantity, int) else type(quantity).__name__
         raise HandlerError(
-            f"{event.type}: quantity {str(quantity)[:32]} is not an integer from 0 to "
-            f"{MAX_QUANTITY} (api_version {event.api_version or 'unknown'})"
+            f"{event.type}: quantity is not an integer from 0 to {MAX_QUANTITY} "
+            f"(got {got}; api_version {event.api_version or 'unknown'})"
         )
     metadata = sub.get("metadata") if isinstance(sub.get("metadata"), dict) else {}
     tenant_id = metadata.get("tenant_id") if metadata else None

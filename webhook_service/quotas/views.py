@@ -10,7 +10,13 @@ from flask import Blueprint, request
 from webhook_service.context import services
 from webhook_service.errors import InvalidRequest, InvalidSyncKey, SyncNotConfigured
 from webhook_service.quotas.service import MAX_SPEND_COUNT, parse_sync_request
-from webhook_service.tenant_api import bind_tenant, current_tenant, json_body, request_api_key
+from webhook_service.tenant_api import (
+    bind_tenant,
+    current_tenant,
+    idempotency_key,
+    json_body,
+    request_api_key,
+)
 
 tenant_bp = Blueprint("tenant", __name__)
 sync_bp = Blueprint("sync", __name__)
@@ -35,10 +41,7 @@ def spend_scans() -> dict[str, Any]:
             f"count must be an integer from 1 to {MAX_SPEND_COUNT}.",
             details=[{"field": "count", "message": "invalid"}],
         )
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise InvalidRequest("Idempotency-Key must be 1 to 255 characters.")
-    result = services().quotas.spend(tenant, count, key)
+    result = services().quotas.spend(tenant, count, idempotency_key())
     return result.body
 
 

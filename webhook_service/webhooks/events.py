@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,12 @@ from webhook_service.errors import InvalidPayload
 # is a real date (year 9999 at most; a BIGINT and datetime.fromtimestamp() take it).
 MAX_ID_LENGTH = 255
 MAX_CREATED = 253_402_300_799  # 9999-12-31T23:59:59Z
+# Text neither database stores as sent: NUL (PostgreSQL refuses it in text) and lone
+# surrogates (no UTF-8 encoding: both refuse them). JSON can only carry either as a
+# \u escape, so a body without "\u0000" or "\ud..." (any case) needs no walk at all.
+_UNSTORABLE_RE = re.compile(r"[\x00\ud800-\udfff]")
+_UNSTORABLE_ESCAPE_RE = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+MAX_PATH_LENGTH = 120
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,45 @@ class StripeEvent:
         return value if isinstance(value, str) and len(value) <= MAX_ID_LENGTH else None
 
 
+def _unstorable_field(value: Any, path: str) -> str | None:
+    """The path of the first key or string under ``value`` the databases cannot store."""
+    if isinstance(value, str):
+        return path if _UNSTORABLE_RE.search(value) else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if _UNSTORABLE_RE.search(key):
+                return f"{path}.<key>" if path else "<key>"
+            found = _unstorable_field(item, f"{path}.{key}" if path else key)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unstorable_field(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def check_storable(payload: str, body: dict[str, Any]) -> None:
+    """Refuse an event carrying NUL or a lone surrogate anywhere, naming the field.
+
+    Such text cannot be stored as sent (PostgreSQL refuses NUL in text; neither
+    database encodes a lone surrogate), so it would otherwise fail as a 500 after
+    verification, unrecorded, and Stripe would retry it for days.
+    """
+    if not _UNSTORABLE_ESCAPE_RE.search(payload):
+        return
+    path = _unstorable_field(body, "")
+    if path is not None:
+        # The path is the sender's text too: shown bounded, with the culprit escaped.
+        shown = ascii(path[:MAX_PATH_LENGTH])[1:-1]
+        raise InvalidPayload(
+            f"The field {shown} contains text that cannot be stored "
+            "(a NUL character or a lone UTF-16 surrogate).",
+            field=shown,
+        )
+
+
 def parse_event(payload: str) -> StripeEvent:
     """Decode ``payload`` (already verified) into a :class:`StripeEvent`."""
     try:
@@ -45,6 +91,7 @@ def parse_event(payload: str) -> StripeEvent:
         raise InvalidPayload("The body is not JSON.") from None
     if not isinstance(body, dict):
         raise InvalidPayload("The body is not a Stripe event object.")
+    check_storable(payload, body)
     if body.get("object") == "v2.core.event" or "related_object" in body:
         raise InvalidPayload(
             "Thin (v2) event notifications are not accepted; "

@@ -61,17 +61,20 @@ def receive_delivery(
 
     event = parse_event(payload)
     bind(event_id=event.id, event_type=event.type)
+    type_label = metrics.event_type_label(
+        event.type, handled=event_log.router.handler_for(event.type) is not None
+    )
     try:
         with metrics.PROCESSING_SECONDS.time():
             receipt = event_log.receive(event)
     except EventFailed as exc:
-        metrics.EVENTS.labels(event.type, "failed").inc()
+        metrics.EVENTS.labels(type_label, "failed").inc()
         bind(outcome="failed", error=exc.error)
         raise ProcessingFailed(
             f"The event could not be processed: {exc.error}. It is kept as failed and will be "
             "run again when Stripe retries it.",
             event_id=event.id,
         ) from None
-    metrics.EVENTS.labels(event.type, receipt.outcome).inc()
+    metrics.EVENTS.labels(type_label, receipt.outcome).inc()
     bind(outcome=receipt.outcome, tenant_id=receipt.tenant_id)
     return {"received": True, "event_id": event.id, "outcome": receipt.outcome}
