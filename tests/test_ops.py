@@ -21,7 +21,7 @@ from webhook_service.migrate import head_revision
 
 
 def failing_event() -> dict[str, Any]:
-    """An active subscription on a price no plan sells: its handler fails (UNKNOWN_PRICE)."""
+    """An active subscription of a tenant's on a price no plan sells: it fails (UNKNOWN_PRICE)."""
     return se.subscription_event(
         "customer.subscription.updated",
         sub_id=se.new_id("sub"),
@@ -32,6 +32,7 @@ def failing_event() -> dict[str, Any]:
         created=1735689660,
         api_version=se.BASIL_API_VERSION,
         price_id="price_not_in_any_plan",
+        metadata={"tenant_id": "tnt_ops_failing"},
     )
 
 

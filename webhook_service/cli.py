@@ -428,6 +428,7 @@ def tenants_list(ctx: Context) -> None:
             f"customer={tenant.stripe_customer_id or '-':<20} keys={keys} plan={body['plan']} "
             f"status={body['subscription_status'] or '-'} "
             f"used={body['scans_used']}/{body['scans_quota']} resets={body['quota_reset_date']}"
+            + "".join(f" UNKNOWN_PRICE={sub.price}" for sub in usage.entitlement.unpriced)
         )
     if not rows:
         click.echo("no tenants", err=True)
@@ -453,16 +454,42 @@ def tenants_show(ctx: Context, tenant_id: str) -> None:
         f"{body['scans_remaining']} left"
     )
     click.echo(f"period:             {body['period_start']} .. {body['quota_reset_date']}")
+    ent = usage.entitlement
+    if ent.quantity is not None:
+        click.echo(f"decided by:         {_price_and_quantity(ent, ent.scans_quota)}")
+    for sub in ent.unpriced:
+        click.echo(
+            f"warning:            subscription {sub.id} ({sub.status}) is on price "
+            f"{sub.price or '-'}, which no plan sells: it grants nothing until the plan "
+            "catalog (NAT_PLANS_FILE) lists it"
+        )
     click.echo("history:")
     if not changes:
         click.echo("  (no changes recorded)")
     for change in changes:
         cause = change.event_id or change.source
-        click.echo(
-            f"  {_when(change.changed_at)}  {cause:<32} plan={change.plan} "
-            f"status={change.subscription_status or '-'} quota={change.scans_quota} "
-            f"period={_when(change.period_start)}..{_when(change.quota_reset_date)}"
+        what = change.event_type or ("-" if change.event_id else change.source)
+        explained = (
+            f" {_price_and_quantity(change, change.scans_quota)}"
+            if change.quantity is not None
+            else ""
         )
+        click.echo(
+            f"  {_when(change.changed_at)}  {cause:<32} {what:<32} plan={change.plan} "
+            f"status={change.subscription_status or '-'} quota={change.scans_quota}"
+            f"{explained} period={_when(change.period_start)}..{_when(change.quota_reset_date)}"
+        )
+
+
+def _price_and_quantity(source: Any, quota: int) -> str:
+    """``price=price_1Abc (pro_monthly) quantity=2 (1000 = 2 x 500)``."""
+    price = source.price_id or source.price_lookup_key or "-"
+    if source.price_id and source.price_lookup_key:
+        price += f" ({source.price_lookup_key})"
+    line = f"price={price} quantity={source.quantity}"
+    if source.quantity:
+        line += f" ({quota} = {source.quantity} x {quota // source.quantity})"
+    return line
 
 
 def main() -> None:
