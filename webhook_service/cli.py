@@ -270,6 +270,28 @@ def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else "-"
 
 
+@events.command("types")
+@click.option(
+    "--listen", is_flag=True, help="Print the `stripe listen` command that forwards exactly these."
+)
+@pass_context
+def events_types(ctx: Context, listen: bool) -> None:
+    """The Stripe event types this service handles (any other is stored as ignored)."""
+    types = sorted(build_router().event_types)
+    if listen:
+        click.echo(stripe_listen_line(types, ctx.settings.port))
+        return
+    for event_type in types:
+        click.echo(event_type)
+
+
+def stripe_listen_line(types: list[str], port: int) -> str:
+    return (
+        f"stripe listen --events {','.join(types)} "
+        f"--forward-to localhost:{port}/api/v1/billing/webhook"
+    )
+
+
 @events.command("list")
 @click.option("--outcome", type=click.Choice(["processed", "ignored", "stale", "failed"]))
 @click.option("--type", "event_type", help="Only this event type.")
