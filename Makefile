@@ -15,11 +15,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## Serve on :8080 the way production does (gunicorn), on the embedded SQLite.
+## Serve the way production does (gunicorn), on the embedded SQLite, on 127.0.0.1:$PORT
+## (PORT from .env or the environment, 8080 by default; `make run BIND_HOST=0.0.0.0` to
+## expose it beyond this machine).
+BIND_HOST ?= 127.0.0.1
 run: $(STAMP)
 	$(BIN)/webhook-service init-env
 	$(BIN)/webhook-service db upgrade
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/webhook-service serve
+	BIND_HOST=$(BIND_HOST) PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/webhook-service serve
 
 ## Lint, format check, type check, then the whole suite on SQLite and PostgreSQL.
 test: lint typecheck unit

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.slow
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 WEBHOOK = "/api/v1/billing/webhook"
 MAX_BYTES = 65_536
-REPLAY_LINE = re.compile(r"^(\d{3}) (\S+)\s+(\S+) (\S+)$")
+# status, outcome or error code, event id, file, then the server's message on a non-2xx.
+REPLAY_LINE = re.compile(r"^(\d{3}) (\S+)\s+(\S+) (\S+)(?:  .+)?$")
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import secrets
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -121,8 +123,18 @@ def cli() -> None:
 def serve(ctx: Context) -> None:
     """Run the production server (gunicorn, the Procfile's settings)."""
     settings = ctx.settings  # validate before gunicorn starts its workers
+    if not settings.webhook_secrets:
+        click.echo(
+            "warning: STRIPE_WEBHOOK_SECRET is not set: the webhook answers 503 "
+            "WEBHOOK_NOT_CONFIGURED and /readyz 503 until it is (`webhook-service init-env` "
+            "writes a local one)",
+            err=True,
+        )
+    problem = bind_problem(settings.bind_host, settings.port)
+    if problem:
+        fail(problem)
     click.echo(
-        f"serving on :{settings.port} with {settings.web_concurrency} workers, "
+        f"serving on http://{settings.bind_address} with {settings.web_concurrency} workers, "
         f"database {redact_url(settings.database_url)}",
         err=True,
     )
@@ -135,6 +147,35 @@ def serve(ctx: Context) -> None:
         "webhook_service.app:create_app()",
     ]
     os.execv(sys.executable, argv)  # noqa: S606 - a fixed argv, replacing this process
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """One line saying why gunicorn could not bind ``host:port``, or None if it can.
+
+    gunicorn itself retries a busy port for five seconds and logs eleven lines; a probe
+    with the same socket options (SO_REUSEADDR) says it in one, naming the fix.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"BIND_HOST {host!r} cannot be resolved: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} is already in use (PORT={port}): stop the server holding it "
+                    "(`ss -ltnp`, `lsof -i`) or set PORT to a free port in .env or the environment"
+                )
+            if exc.errno == errno.EACCES:
+                return f"no permission to bind port {port} (PORT={port}): choose a port >= 1024"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"BIND_HOST {host} is not an address of this machine"
+            return f"cannot bind {host}:{port} (BIND_HOST, PORT): {exc.strerror}"
+    return None
 
 
 @cli.group(cls=ReportsDatabaseErrors)
@@ -153,10 +194,12 @@ def db_upgrade(ctx: Context, revision: str) -> None:
 
 @cli.command("init-env")
 @click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=".env")
-def init_env(path: Path) -> None:
+@pass_context
+def init_env(ctx: Context, path: Path) -> None:
     """Create a local .env with a fresh webhook secret and sync key (never overwrites)."""
     if path.exists():
         return
+    port = ctx.settings.port
     webhook_secret = "whsec_" + secrets.token_hex(24)
     sync_key = secrets.token_urlsafe(24)
     path.write_text(
@@ -165,7 +208,12 @@ def init_env(path: Path) -> None:
         "(`stripe listen --print-secret`).\n"
         f"STRIPE_WEBHOOK_SECRET={webhook_secret}\n"
         f"NAT_APP_SYNC_KEY={sync_key}\n"
-        "LOG_FORMAT=console\n",
+        "LOG_FORMAT=console\n"
+        "# The port of `make run` and of `webhook-service replay`'s default URL.\n"
+        f"PORT={port}\n"
+        "# A test-mode secret key (sk_test_...) enables checkout, the billing portal,\n"
+        "# `events reconcile` and `catalog push` (which creates the plans' prices).\n"
+        "STRIPE_API_KEY=\n",
         encoding="utf-8",
     )
     path.chmod(0o600)
@@ -174,7 +222,7 @@ def init_env(path: Path) -> None:
         "Replay the bundled events once the server is up:\n"
         "  .venv/bin/webhook-service replay fixtures/\n"
         "Or forward real test-mode events:\n"
-        "  stripe listen --forward-to localhost:8080/api/v1/billing/webhook\n"
+        f"  {stripe_listen_line(sorted(build_router().event_types), port)}\n"
         "  (then put the whsec_ it prints into .env as STRIPE_WEBHOOK_SECRET)",
         err=True,
     )
@@ -211,25 +259,41 @@ def replay(
         if not ctx.settings.webhook_secrets:
             fail("no secret: pass --secret or set STRIPE_WEBHOOK_SECRET")
         secret = ctx.settings.webhook_secrets[0]
-    target = url or f"http://127.0.0.1:{ctx.settings.port}/api/v1/billing/webhook"
+    port = ctx.settings.port
+    target = url or f"http://127.0.0.1:{port}/api/v1/billing/webhook"
+    files = list(_event_files(paths))
+    click.echo(f"replaying {len(files)} events to {target}", err=True)
     failures = sent = 0
-    for path in _event_files(paths):
+    for path in files:
         raw = path.read_bytes()
         if new_ids:
             event = json.loads(raw)
             event["id"] = "evt_" + secrets.token_hex(12)
             raw = json.dumps(event, indent=2).encode("utf-8")
         header = stripe.WebhookSignature.generate_signature_header(raw.decode("utf-8"), secret)
-        status, body = _post(target, raw, header, timeout)
+        try:
+            status, body = _post(target, raw, header, timeout)
+        except Unreachable as exc:
+            hint = "" if url else f" (is the server running? `make run` serves on PORT={port})"
+            fail(f"cannot reach {target}: {exc.reason}{hint}; {sent} sent before", 1)
         sent += 1
         ok = 200 <= status < 300
         failures += not ok
         detail = body.get("outcome") if ok else body.get("error", "")
         event_id = body.get("event_id", "-")
-        click.echo(f"{status} {detail or '-':<10} {event_id} {path}")
+        message = "" if ok else f"  {body.get('message') or 'no JSON error body'}"
+        click.echo(f"{status} {detail or '-':<10} {event_id} {path}{message}")
     click.echo(f"{sent} sent, {sent - failures} acknowledged, {failures} failed", err=True)
     if failures or not sent:
         sys.exit(1)
+
+
+class Unreachable(Exception):
+    """No HTTP answer at all: refused, unresolvable, timed out."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _post(url: str, raw: bytes, header: str, timeout: float) -> tuple[int, dict[str, Any]]:
@@ -250,7 +314,11 @@ def _post(url: str, raw: bytes, header: str, timeout: float) -> tuple[int, dict[
         status, text = exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        return 0, {"error": f"connection failed: {reason}"}
+        if isinstance(reason, ConnectionRefusedError):
+            raise Unreachable("connection refused") from None
+        if isinstance(reason, TimeoutError):
+            raise Unreachable(f"no answer within {timeout:g} s") from None
+        raise Unreachable(str(getattr(reason, "strerror", None) or reason)) from None
     try:
         decoded = json.loads(text)
     except ValueError:
