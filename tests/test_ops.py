@@ -108,7 +108,9 @@ def test_readyz_lists_everything_that_is_wrong(empty_database_url: str) -> None:
     assert body["error"] == "NOT_READY"
     assert body["status"] == 503
     assert body["checks"]["database"] == "ok"
-    assert body["checks"]["migrations"] == f"at none, expected {head_revision()}"
+    assert body["checks"]["migrations"] == (
+        f"at none, expected {head_revision()}; run `webhook-service db upgrade`"
+    )
     assert "STRIPE_WEBHOOK_SECRET" in body["checks"]["webhook_secret"]
     assert "migrations" in body["message"]
     assert "webhook_secret" in body["message"]
