@@ -21,6 +21,7 @@ import stripe
 from dotenv import find_dotenv, load_dotenv
 from sqlalchemy.exc import SQLAlchemyError
 
+from webhook_service.billing.catalog import push_catalog
 from webhook_service.billing.reconcile import RETENTION_DAYS, reconcile
 from webhook_service.billing.stripe_api import StripeGateway
 from webhook_service.config import ConfigError, Settings, load_settings, redact_url
@@ -477,6 +478,48 @@ def events_reconcile(ctx: Context, since: str, dry_run: bool) -> None:
         fail(f"reconciliation stopped: {exc.message}", 1)
     click.echo(("dry run: " if dry_run else "") + summary.line(), err=True)
     if summary.failed:
+        sys.exit(1)
+
+
+# -- catalog ----------------------------------------------------------------------
+
+
+@cli.group()
+def catalog() -> None:
+    """The plan catalog and its products and prices in Stripe."""
+
+
+@catalog.command("push")
+@click.option("--dry-run", is_flag=True, help="Say what would be created; create nothing.")
+@click.option("--live", is_flag=True, help="Allow a live-mode STRIPE_API_KEY.")
+@pass_context
+def catalog_push(ctx: Context, dry_run: bool, live: bool) -> None:
+    """Create the catalog's products and prices (by lookup key) in Stripe, idempotently."""
+    settings = ctx.settings
+    key = settings.stripe_api_key
+    if not key:
+        fail("STRIPE_API_KEY is not set: catalog push creates the prices in that Stripe account")
+    livemode = "_live_" in key
+    if livemode and not live:
+        fail("STRIPE_API_KEY is a live-mode key: push to a test-mode key first, then pass --live")
+    if not any(plan.stripe_prices for plan in settings.catalog.plans):
+        fail(
+            "the plan catalog has no [plans.NAME.stripe_prices.LOOKUP_KEY] table: "
+            "nothing to push (see the README's plan catalog)"
+        )
+    click.echo(
+        f"{'dry run: ' if dry_run else ''}pushing the plan catalog to Stripe "
+        f"({'live' if livemode else 'test'} mode)",
+        err=True,
+    )
+    client = StripeGateway(key, settings.stripe_api_base).client
+    try:
+        summary = push_catalog(client, settings.catalog, dry_run=dry_run, report=click.echo)
+    except stripe.StripeError as exc:
+        said = exc.user_message or type(exc).__name__
+        fail(f"Stripe refused: {said} (request {exc.request_id or '-'})", 1)
+    click.echo(("dry run: " if dry_run else "") + summary.line(dry_run), err=True)
+    if summary.conflicts:
         sys.exit(1)
 
 
