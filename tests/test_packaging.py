@@ -312,3 +312,20 @@ def test_wheel_runs_unprivileged_from_an_empty_directory(scratch: Path) -> None:
         server.stderr.close()  # type: ignore[union-attr]
     if drop:
         assert (home / "var" / "webhook-service.db").stat().st_uid != 0
+
+
+def test_paas_requirements_txt_pins_the_runtime_lock_and_the_service() -> None:
+    """Give buildpacks requirements.txt: the lock's exact versions, then the service itself."""
+    lines = [
+        line
+        for line in (ROOT / "requirements.txt").read_text("utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert lines[-1] == "."
+    pins = dict(_normal_pin(line) for line in lines[:-1])
+    assert pins == locked(ROOT / "requirements.lock")
+
+
+def _normal_pin(line: str) -> tuple[str, str]:
+    name, version = line.split(";")[0].strip().split("==")
+    return _normal(name), version
