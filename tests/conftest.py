@@ -42,7 +42,14 @@ POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-IN_CI = bool(os.environ.get("CI"))
+
+
+def env_flag(value: str | None) -> bool:
+    """Is a CI-style flag on? ``CI=false`` (or 0, no, off, empty) is off."""
+    return (value or "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+IN_CI = env_flag(os.environ.get("CI"))
 BACKENDS = ("sqlite", "postgresql")
 
 

@@ -40,6 +40,9 @@ class StripeStub:
     requests: list[RecordedRequest] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)  # newest first, as Stripe lists
     prices: dict[str, str] = field(default_factory=dict)  # lookup_key -> price id
+    # Products and prices created through the API (catalog push), as Stripe renders them.
+    products: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> product
+    price_objects: dict[str, dict[str, Any]] = field(default_factory=dict)  # lookup_key -> price
     scripted: dict[tuple[str, str], deque[Scripted]] = field(
         default_factory=lambda: defaultdict(deque)
     )
@@ -88,7 +91,7 @@ class StripeStub:
                 }
             return first[1], first[2]
         status, body = self.answer(method, path, params)
-        if status < 500:  # Stripe does not keep the answer of a request it failed to run
+        if 200 <= status < 300:  # Stripe keeps no answer of a request it refused or failed
             with self._lock:
                 self.idempotent.setdefault(key, (params, status, body))
         return status, body
@@ -124,7 +127,21 @@ class StripeStub:
         if method == "GET" and path == "/v1/prices":
             key = params.get("lookup_keys[0]", "")
             data = [{"id": self.prices[key], "object": "price"}] if key in self.prices else []
+            if key in self.price_objects:
+                price = self.price_objects[key]
+                wanted_active = params.get("active")
+                if wanted_active is None or wanted_active == str(price["active"]).lower():
+                    data = [price]
             return 200, {"object": "list", "data": data, "has_more": False, "url": "/v1/prices"}
+        if method == "POST" and path == "/v1/prices":
+            return self._create_price(params)
+        if method == "POST" and path == "/v1/products":
+            return self._create_product(params)
+        if method == "GET" and path.startswith("/v1/products/"):
+            product_id = path.removeprefix("/v1/products/")
+            if product_id in self.products:
+                return 200, self.products[product_id]
+            return 404, _missing("product", product_id)
         if method == "GET" and path == "/v1/events":
             return 200, self._events_page(params)
         return 404, {
@@ -133,6 +150,58 @@ class StripeStub:
                 "message": f"Unrecognized request URL ({method}: {path}).",
             }
         }
+
+    def _create_product(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        product_id = params.get("id") or self.next_id("prod")
+        if product_id in self.products:
+            return 400, {
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "resource_already_exists",
+                    "message": f"Product already exists: {product_id}",
+                }
+            }
+        self.products[product_id] = {
+            "id": product_id,
+            "object": "product",
+            "active": True,
+            "name": params.get("name"),
+            "metadata": _metadata(params),
+        }
+        return 200, self.products[product_id]
+
+    def _create_price(self, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        product = params.get("product", "")
+        if product not in self.products:
+            return 400, _missing("product", product)
+        key = params.get("lookup_key")
+        if key and key in self.price_objects:
+            return 400, {
+                "error": {
+                    "type": "invalid_request_error",
+                    "message": f"A price ({self.price_objects[key]['id']}) already uses that "
+                    "lookup key.",
+                }
+            }
+        price = {
+            "id": self.next_id("price"),
+            "object": "price",
+            "active": True,
+            "product": product,
+            "unit_amount": int(params["unit_amount"]),
+            "currency": params.get("currency"),
+            "lookup_key": key,
+            "type": "recurring",
+            "recurring": {
+                "interval": params.get("recurring[interval]"),
+                "interval_count": int(params.get("recurring[interval_count]", "1")),
+                "usage_type": "licensed",
+            },
+            "metadata": _metadata(params),
+        }
+        if key:
+            self.price_objects[key] = price
+        return 200, price
 
     def _events_page(self, params: dict[str, str]) -> dict[str, Any]:
         gte = int(params.get("created[gte]", "0"))
@@ -151,6 +220,21 @@ class StripeStub:
             "has_more": len(matching) > limit,
             "url": "/v1/events",
         }
+
+
+def _missing(kind: str, object_id: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "type": "invalid_request_error",
+            "code": "resource_missing",
+            "param": "id",
+            "message": f"No such {kind}: '{object_id}'",
+        }
+    }
+
+
+def _metadata(params: dict[str, str]) -> dict[str, str]:
+    return {k[len("metadata[") : -1]: v for k, v in params.items() if k.startswith("metadata[")}
 
 
 def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:

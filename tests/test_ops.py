@@ -21,7 +21,7 @@ from webhook_service.migrate import head_revision
 
 
 def failing_event() -> dict[str, Any]:
-    """An active subscription on a price no plan sells: its handler fails (UNKNOWN_PRICE)."""
+    """An active subscription of a tenant's on a price no plan sells: it fails (UNKNOWN_PRICE)."""
     return se.subscription_event(
         "customer.subscription.updated",
         sub_id=se.new_id("sub"),
@@ -32,6 +32,7 @@ def failing_event() -> dict[str, Any]:
         created=1735689660,
         api_version=se.BASIL_API_VERSION,
         price_id="price_not_in_any_plan",
+        metadata={"tenant_id": "tnt_ops_failing"},
     )
 
 
@@ -107,7 +108,9 @@ def test_readyz_lists_everything_that_is_wrong(empty_database_url: str) -> None:
     assert body["error"] == "NOT_READY"
     assert body["status"] == 503
     assert body["checks"]["database"] == "ok"
-    assert body["checks"]["migrations"] == f"at none, expected {head_revision()}"
+    assert body["checks"]["migrations"] == (
+        f"at none, expected {head_revision()}; run `webhook-service db upgrade`"
+    )
     assert "STRIPE_WEBHOOK_SECRET" in body["checks"]["webhook_secret"]
     assert "migrations" in body["message"]
     assert "webhook_secret" in body["message"]

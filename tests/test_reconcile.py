@@ -69,6 +69,7 @@ def history(now: int) -> list[dict[str, Any]]:
             customer="cus_Rec2",
             status="active",
             price_id="price_not_in_catalog",
+            metadata={"tenant_id": "tnt_rec2"},
             period_start=start,
             period_end=end,
             created=now - 700,

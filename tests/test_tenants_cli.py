@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from tests import stripe_events as se
 from tests.conftest import SYNC_KEY, Subscription, new_api_key, spend, usage_of
 from webhook_service.cli import cli
 
@@ -89,7 +90,7 @@ def test_list_and_show_print_quota_usage_and_history(
     shown = runner.invoke(cli, ["tenants", "show", "tnt_show"])
     assert shown.exit_code == 0
     lines = shown.stdout.splitlines()
-    assert lines[:8] == [
+    assert lines[:9] == [
         "tenant:             tnt_show (active)",
         f"stripe customer:    {sub.customer}",
         "api keys:           1",
@@ -97,9 +98,10 @@ def test_list_and_show_print_quota_usage_and_history(
         "subscription:       active",
         "scans:              3 used of 1000, 997 left",
         f"period:             {iso(period[0])} .. {iso(period[1])}",
+        f"decided by:         price={se.DEFAULT_PRICE_ID} quantity=2 (1000 = 2 x 500)",
         "history:",
     ]
-    history = lines[8:]
+    history = lines[9:]
     assert len(history) == 3
     assert re.search(r"\bcli\b.*plan=free status=- quota=10 ", history[0])
     assert created["id"] in history[1]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import secrets
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -19,6 +21,7 @@ import stripe
 from dotenv import find_dotenv, load_dotenv
 from sqlalchemy.exc import SQLAlchemyError
 
+from webhook_service.billing.catalog import push_catalog
 from webhook_service.billing.reconcile import RETENTION_DAYS, reconcile
 from webhook_service.billing.stripe_api import StripeGateway
 from webhook_service.config import ConfigError, Settings, load_settings, redact_url
@@ -121,8 +124,18 @@ def cli() -> None:
 def serve(ctx: Context) -> None:
     """Run the production server (gunicorn, the Procfile's settings)."""
     settings = ctx.settings  # validate before gunicorn starts its workers
+    if not settings.webhook_secrets:
+        click.echo(
+            "warning: STRIPE_WEBHOOK_SECRET is not set: the webhook answers 503 "
+            "WEBHOOK_NOT_CONFIGURED and /readyz 503 until it is (`webhook-service init-env` "
+            "writes a local one)",
+            err=True,
+        )
+    problem = bind_problem(settings.bind_host, settings.port)
+    if problem:
+        fail(problem)
     click.echo(
-        f"serving on :{settings.port} with {settings.web_concurrency} workers, "
+        f"serving on http://{settings.bind_address} with {settings.web_concurrency} workers, "
         f"database {redact_url(settings.database_url)}",
         err=True,
     )
@@ -135,6 +148,35 @@ def serve(ctx: Context) -> None:
         "webhook_service.app:create_app()",
     ]
     os.execv(sys.executable, argv)  # noqa: S606 - a fixed argv, replacing this process
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """One line saying why gunicorn could not bind ``host:port``, or None if it can.
+
+    gunicorn itself retries a busy port for five seconds and logs eleven lines; a probe
+    with the same socket options (SO_REUSEADDR) says it in one, naming the fix.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"BIND_HOST {host!r} cannot be resolved: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} is already in use (PORT={port}): stop the server holding it "
+                    "(`ss -ltnp`, `lsof -i`) or set PORT to a free port in .env or the environment"
+                )
+            if exc.errno == errno.EACCES:
+                return f"no permission to bind port {port} (PORT={port}): choose a port >= 1024"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"BIND_HOST {host} is not an address of this machine"
+            return f"cannot bind {host}:{port} (BIND_HOST, PORT): {exc.strerror}"
+    return None
 
 
 @cli.group(cls=ReportsDatabaseErrors)
@@ -153,10 +195,12 @@ def db_upgrade(ctx: Context, revision: str) -> None:
 
 @cli.command("init-env")
 @click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=".env")
-def init_env(path: Path) -> None:
+@pass_context
+def init_env(ctx: Context, path: Path) -> None:
     """Create a local .env with a fresh webhook secret and sync key (never overwrites)."""
     if path.exists():
         return
+    port = ctx.settings.port
     webhook_secret = "whsec_" + secrets.token_hex(24)
     sync_key = secrets.token_urlsafe(24)
     path.write_text(
@@ -165,7 +209,12 @@ def init_env(path: Path) -> None:
         "(`stripe listen --print-secret`).\n"
         f"STRIPE_WEBHOOK_SECRET={webhook_secret}\n"
         f"NAT_APP_SYNC_KEY={sync_key}\n"
-        "LOG_FORMAT=console\n",
+        "LOG_FORMAT=console\n"
+        "# The port of `make run` and of `webhook-service replay`'s default URL.\n"
+        f"PORT={port}\n"
+        "# A test-mode secret key (sk_test_...) enables checkout, the billing portal,\n"
+        "# `events reconcile` and `catalog push` (which creates the plans' prices).\n"
+        "STRIPE_API_KEY=\n",
         encoding="utf-8",
     )
     path.chmod(0o600)
@@ -174,7 +223,7 @@ def init_env(path: Path) -> None:
         "Replay the bundled events once the server is up:\n"
         "  .venv/bin/webhook-service replay fixtures/\n"
         "Or forward real test-mode events:\n"
-        "  stripe listen --forward-to localhost:8080/api/v1/billing/webhook\n"
+        f"  {stripe_listen_line(sorted(build_router().event_types), port)}\n"
         "  (then put the whsec_ it prints into .env as STRIPE_WEBHOOK_SECRET)",
         err=True,
     )
@@ -211,25 +260,41 @@ def replay(
         if not ctx.settings.webhook_secrets:
             fail("no secret: pass --secret or set STRIPE_WEBHOOK_SECRET")
         secret = ctx.settings.webhook_secrets[0]
-    target = url or f"http://127.0.0.1:{ctx.settings.port}/api/v1/billing/webhook"
+    port = ctx.settings.port
+    target = url or f"http://127.0.0.1:{port}/api/v1/billing/webhook"
+    files = list(_event_files(paths))
+    click.echo(f"replaying {len(files)} events to {target}", err=True)
     failures = sent = 0
-    for path in _event_files(paths):
+    for path in files:
         raw = path.read_bytes()
         if new_ids:
             event = json.loads(raw)
             event["id"] = "evt_" + secrets.token_hex(12)
             raw = json.dumps(event, indent=2).encode("utf-8")
         header = stripe.WebhookSignature.generate_signature_header(raw.decode("utf-8"), secret)
-        status, body = _post(target, raw, header, timeout)
+        try:
+            status, body = _post(target, raw, header, timeout)
+        except Unreachable as exc:
+            hint = "" if url else f" (is the server running? `make run` serves on PORT={port})"
+            fail(f"cannot reach {target}: {exc.reason}{hint}; {sent} sent before", 1)
         sent += 1
         ok = 200 <= status < 300
         failures += not ok
         detail = body.get("outcome") if ok else body.get("error", "")
         event_id = body.get("event_id", "-")
-        click.echo(f"{status} {detail or '-':<10} {event_id} {path}")
+        message = "" if ok else f"  {body.get('message') or 'no JSON error body'}"
+        click.echo(f"{status} {detail or '-':<10} {event_id} {path}{message}")
     click.echo(f"{sent} sent, {sent - failures} acknowledged, {failures} failed", err=True)
     if failures or not sent:
         sys.exit(1)
+
+
+class Unreachable(Exception):
+    """No HTTP answer at all: refused, unresolvable, timed out."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def _post(url: str, raw: bytes, header: str, timeout: float) -> tuple[int, dict[str, Any]]:
@@ -250,7 +315,11 @@ def _post(url: str, raw: bytes, header: str, timeout: float) -> tuple[int, dict[
         status, text = exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        return 0, {"error": f"connection failed: {reason}"}
+        if isinstance(reason, ConnectionRefusedError):
+            raise Unreachable("connection refused") from None
+        if isinstance(reason, TimeoutError):
+            raise Unreachable(f"no answer within {timeout:g} s") from None
+        raise Unreachable(str(getattr(reason, "strerror", None) or reason)) from None
     try:
         decoded = json.loads(text)
     except ValueError:
@@ -268,6 +337,28 @@ def events() -> None:
 
 def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value else "-"
+
+
+@events.command("types")
+@click.option(
+    "--listen", is_flag=True, help="Print the `stripe listen` command that forwards exactly these."
+)
+@pass_context
+def events_types(ctx: Context, listen: bool) -> None:
+    """The Stripe event types this service handles (any other is stored as ignored)."""
+    types = sorted(build_router().event_types)
+    if listen:
+        click.echo(stripe_listen_line(types, ctx.settings.port))
+        return
+    for event_type in types:
+        click.echo(event_type)
+
+
+def stripe_listen_line(types: list[str], port: int) -> str:
+    return (
+        f"stripe listen --events {','.join(types)} "
+        f"--forward-to localhost:{port}/api/v1/billing/webhook"
+    )
 
 
 @events.command("list")
@@ -390,6 +481,48 @@ def events_reconcile(ctx: Context, since: str, dry_run: bool) -> None:
         sys.exit(1)
 
 
+# -- catalog ----------------------------------------------------------------------
+
+
+@cli.group()
+def catalog() -> None:
+    """The plan catalog and its products and prices in Stripe."""
+
+
+@catalog.command("push")
+@click.option("--dry-run", is_flag=True, help="Say what would be created; create nothing.")
+@click.option("--live", is_flag=True, help="Allow a live-mode STRIPE_API_KEY.")
+@pass_context
+def catalog_push(ctx: Context, dry_run: bool, live: bool) -> None:
+    """Create the catalog's products and prices (by lookup key) in Stripe, idempotently."""
+    settings = ctx.settings
+    key = settings.stripe_api_key
+    if not key:
+        fail("STRIPE_API_KEY is not set: catalog push creates the prices in that Stripe account")
+    livemode = "_live_" in key
+    if livemode and not live:
+        fail("STRIPE_API_KEY is a live-mode key: push to a test-mode key first, then pass --live")
+    if not any(plan.stripe_prices for plan in settings.catalog.plans):
+        fail(
+            "the plan catalog has no [plans.NAME.stripe_prices.LOOKUP_KEY] table: "
+            "nothing to push (see the README's plan catalog)"
+        )
+    click.echo(
+        f"{'dry run: ' if dry_run else ''}pushing the plan catalog to Stripe "
+        f"({'live' if livemode else 'test'} mode)",
+        err=True,
+    )
+    client = StripeGateway(key, settings.stripe_api_base).client
+    try:
+        summary = push_catalog(client, settings.catalog, dry_run=dry_run, report=click.echo)
+    except stripe.StripeError as exc:
+        said = exc.user_message or type(exc).__name__
+        fail(f"Stripe refused: {said} (request {exc.request_id or '-'})", 1)
+    click.echo(("dry run: " if dry_run else "") + summary.line(dry_run), err=True)
+    if summary.conflicts:
+        sys.exit(1)
+
+
 # -- tenants ----------------------------------------------------------------------
 
 
@@ -428,6 +561,7 @@ def tenants_list(ctx: Context) -> None:
             f"customer={tenant.stripe_customer_id or '-':<20} keys={keys} plan={body['plan']} "
             f"status={body['subscription_status'] or '-'} "
             f"used={body['scans_used']}/{body['scans_quota']} resets={body['quota_reset_date']}"
+            + "".join(f" UNKNOWN_PRICE={sub.price}" for sub in usage.entitlement.unpriced)
         )
     if not rows:
         click.echo("no tenants", err=True)
@@ -453,16 +587,42 @@ def tenants_show(ctx: Context, tenant_id: str) -> None:
         f"{body['scans_remaining']} left"
     )
     click.echo(f"period:             {body['period_start']} .. {body['quota_reset_date']}")
+    ent = usage.entitlement
+    if ent.quantity is not None:
+        click.echo(f"decided by:         {_price_and_quantity(ent, ent.scans_quota)}")
+    for sub in ent.unpriced:
+        click.echo(
+            f"warning:            subscription {sub.id} ({sub.status}) is on price "
+            f"{sub.price or '-'}, which no plan sells: it grants nothing until the plan "
+            "catalog (NAT_PLANS_FILE) lists it"
+        )
     click.echo("history:")
     if not changes:
         click.echo("  (no changes recorded)")
     for change in changes:
         cause = change.event_id or change.source
-        click.echo(
-            f"  {_when(change.changed_at)}  {cause:<32} plan={change.plan} "
-            f"status={change.subscription_status or '-'} quota={change.scans_quota} "
-            f"period={_when(change.period_start)}..{_when(change.quota_reset_date)}"
+        what = change.event_type or ("-" if change.event_id else change.source)
+        explained = (
+            f" {_price_and_quantity(change, change.scans_quota)}"
+            if change.quantity is not None
+            else ""
         )
+        click.echo(
+            f"  {_when(change.changed_at)}  {cause:<32} {what:<32} plan={change.plan} "
+            f"status={change.subscription_status or '-'} quota={change.scans_quota}"
+            f"{explained} period={_when(change.period_start)}..{_when(change.quota_reset_date)}"
+        )
+
+
+def _price_and_quantity(source: Any, quota: int) -> str:
+    """``price=price_1Abc (pro_monthly) quantity=2 (1000 = 2 x 500)``."""
+    price = source.price_id or source.price_lookup_key or "-"
+    if source.price_id and source.price_lookup_key:
+        price += f" ({source.price_lookup_key})"
+    line = f"price={price} quantity={source.quantity}"
+    if source.quantity:
+        line += f" ({quota} = {source.quantity} x {quota // source.quantity})"
+    return line
 
 
 def main() -> None:

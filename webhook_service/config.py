@@ -27,6 +27,9 @@ _RATE_LIMIT_RE = re.compile(
 )
 
 
+_BIND_HOST_RE = re.compile(r"^[A-Za-z0-9.:%_-]{1,255}\Z")
+
+
 class ConfigError(Exception):
     """A configuration value that the service cannot start with."""
 
@@ -50,6 +53,8 @@ class Settings:
     log_format: str = "json"
     log_level: str = "info"
     port: int = 8080
+    # The address gunicorn binds: every interface in production; `make run` binds 127.0.0.1.
+    bind_host: str = "0.0.0.0"  # noqa: S104 - a server's bind address, configurable
     web_concurrency: int = field(default_factory=lambda: default_web_concurrency())
 
     def __repr__(self) -> str:
@@ -60,6 +65,12 @@ class Settings:
             f"sync_key={'set' if self.sync_key else 'unset'}, "
             f"stripe_api_key={'set' if self.stripe_api_key else 'unset'})"
         )
+
+    @property
+    def bind_address(self) -> str:
+        """``host:port`` as gunicorn takes it (an IPv6 host in brackets)."""
+        host = f"[{self.bind_host}]" if ":" in self.bind_host else self.bind_host
+        return f"{host}:{self.port}"
 
     @property
     def is_sqlite(self) -> bool:
@@ -114,6 +125,13 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> in
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def _port(env: Mapping[str, str]) -> int:
+    port = _int(env, "PORT", 8080, minimum=1)
+    if port > 65535:
+        raise ConfigError(f"PORT must be at most 65535, got {port}")
+    return port
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -178,6 +196,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if api_base and not api_base.startswith(("http://", "https://")):
         raise ConfigError("STRIPE_API_BASE must be an http:// or https:// URL")
 
+    bind_host = env.get("BIND_HOST", "").strip() or "0.0.0.0"  # noqa: S104 - see Settings
+    if not _BIND_HOST_RE.match(bind_host):
+        raise ConfigError(f"BIND_HOST must be an IP address or a host name, got {bind_host!r}")
+
     return Settings(
         webhook_secrets=secrets,
         webhook_tolerance=tolerance,
@@ -193,6 +215,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         trusted_proxy_hops=_int(env, "TRUSTED_PROXY_HOPS", 0, minimum=0),
         log_format=_choice(env, "LOG_FORMAT", "json", LOG_FORMATS),
         log_level=_choice(env, "LOG_LEVEL", "info", LOG_LEVELS),
-        port=_int(env, "PORT", 8080, minimum=1),
+        port=_port(env),
+        bind_host=bind_host,
         web_concurrency=_int(env, "WEB_CONCURRENCY", default_web_concurrency(), minimum=1),
     )

@@ -179,7 +179,12 @@ _SCHEMA_MISSING_SQLSTATES = frozenset({"42P01", "3F000"})
 
 
 def _schema_missing(exc: DBAPIError) -> bool:
-    return getattr(exc.orig, "sqlstate", None) in _SCHEMA_MISSING_SQLSTATES
+    return getattr(exc.orig, "sqlstate", None) in _SCHEMA_MISSING_SQLSTATES or (
+        "no such table" in str(exc.orig)  # SQLite's word for the same case
+    )
+
+
+MIGRATE_HINT = "run `webhook-service db upgrade`"
 
 
 class MalformedBody(ServiceError):
@@ -194,11 +199,14 @@ def service_error_for(exc: Exception) -> ServiceError:
     """
     if isinstance(exc, ServiceError):
         return exc
+    if isinstance(exc, DBAPIError) and _schema_missing(exc):
+        log.warning("database_not_migrated", error=type(exc.orig).__name__, hint=MIGRATE_HINT)
+        return ServiceUnavailable()
     if isinstance(exc, (OperationalError, PoolTimeoutError)):
         log.warning("database_unavailable", error=type(exc).__name__)
         return ServiceUnavailable()
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated or _schema_missing(exc):
+        if exc.connection_invalidated:
             log.warning("database_unavailable", error=type(exc.orig).__name__)
             return ServiceUnavailable()
         log.error("database_error", error=type(exc.orig).__name__, exc_info=exc)

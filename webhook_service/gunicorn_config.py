@@ -25,7 +25,7 @@ except ConfigError as _exc:
 
 configure_logging(_settings.log_format, _settings.log_level)
 
-bind = [f"0.0.0.0:{_settings.port}"]
+bind = [_settings.bind_address]
 workers = _settings.web_concurrency
 worker_class = "sync"
 # Import the app once in the master (create_app opens no connection, so nothing

@@ -178,4 +178,9 @@ tenant_changes = Table(
     Column("scans_quota", Integer, nullable=False),
     Column("period_start", UTCDateTime, nullable=False),
     Column("quota_reset_date", UTCDateTime, nullable=False),
+    # What decided the quota (quota = plan scans x quantity) and the event's type.
+    Column("event_type", String(255)),
+    Column("price_id", String(255)),
+    Column("price_lookup_key", String(255)),
+    Column("quantity", Integer),
 )

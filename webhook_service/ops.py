@@ -35,7 +35,9 @@ def readyz() -> tuple[dict[str, Any], int]:
             checks["database"] = "ok"
             head = head_revision()
             checks["migrations"] = (
-                "ok" if revision == head else f"at {revision or 'none'}, expected {head}"
+                "ok"
+                if revision == head
+                else f"at {revision or 'none'}, expected {head}; run `webhook-service db upgrade`"
             )
             if revision is not None:
                 failed, oldest = svc.event_log.failed_summary(conn)

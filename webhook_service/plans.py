@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -14,10 +15,24 @@ class PlanCatalogError(Exception):
 
 
 @dataclass(frozen=True)
+class StripePrice:
+    """A recurring price that ``webhook-service catalog push`` makes exist in Stripe."""
+
+    lookup_key: str
+    unit_amount: int  # in the currency's smallest unit (cents)
+    currency: str
+    interval: str
+    interval_count: int = 1
+
+
+@dataclass(frozen=True)
 class Plan:
     name: str
     scans_per_month: int
     prices: tuple[str, ...] = ()
+    # The Stripe product `catalog push` creates for the plan, and its prices.
+    product_name: str | None = None
+    stripe_prices: tuple[StripePrice, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,16 +77,30 @@ def parse_catalog(data: dict[str, Any]) -> PlanCatalog:
         prices = body.get("prices", [])
         if not isinstance(prices, list) or not all(isinstance(p, str) and p for p in prices):
             raise PlanCatalogError(f"[plans.{name}] prices must be a list of non-empty strings")
+        stripe_prices = _stripe_prices(name, body.get("stripe_prices", {}))
+        # A price the catalog creates is one the plan sells, by its lookup key.
+        prices = prices + [p.lookup_key for p in stripe_prices if p.lookup_key not in prices]
+        product_name = body.get("product_name")
+        if product_name is not None and (not isinstance(product_name, str) or not product_name):
+            raise PlanCatalogError(f"[plans.{name}] product_name must be a non-empty string")
         for price in prices:
             if price in seen_prices:
                 raise PlanCatalogError(
                     f"price {price!r} is in both [plans.{seen_prices[price]}] and [plans.{name}]"
                 )
             seen_prices[price] = name
-        unknown = set(body) - {"scans_per_month", "prices"}
+        unknown = set(body) - {"scans_per_month", "prices", "product_name", "stripe_prices"}
         if unknown:
             raise PlanCatalogError(f"[plans.{name}] has unknown keys: {', '.join(sorted(unknown))}")
-        plans.append(Plan(name=name, scans_per_month=scans, prices=tuple(prices)))
+        plans.append(
+            Plan(
+                name=name,
+                scans_per_month=scans,
+                prices=tuple(prices),
+                product_name=product_name,
+                stripe_prices=stripe_prices,
+            )
+        )
     default_name = data.get("default_plan")
     if not isinstance(default_name, str):
         raise PlanCatalogError("default_plan must name one of the plans")
@@ -79,6 +108,44 @@ def parse_catalog(data: dict[str, Any]) -> PlanCatalog:
     if default is None:
         raise PlanCatalogError(f"default_plan {default_name!r} is not one of the plans")
     return PlanCatalog(default_plan=default, plans=tuple(plans))
+
+
+INTERVALS = ("day", "week", "month", "year")
+_CURRENCY_RE = re.compile(r"^[a-z]{3}\Z")
+_LOOKUP_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}\Z")
+
+
+def _stripe_prices(plan: str, raw: object) -> tuple[StripePrice, ...]:
+    """``[plans.NAME.stripe_prices.LOOKUP_KEY]`` tables: what `catalog push` creates."""
+    if not isinstance(raw, dict):
+        raise PlanCatalogError(f"[plans.{plan}] stripe_prices must be a table of lookup keys")
+    found = []
+    for key, body in raw.items():
+        where = f"[plans.{plan}.stripe_prices.{key}]"
+        if not _LOOKUP_KEY_RE.match(key):
+            raise PlanCatalogError(f"{where}: a lookup key is 1-200 printable characters")
+        if not isinstance(body, dict):
+            raise PlanCatalogError(f"{where} must be a table")
+        unknown = set(body) - {"unit_amount", "currency", "interval", "interval_count"}
+        if unknown:
+            raise PlanCatalogError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+        amount = body.get("unit_amount")
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount < 0:
+            raise PlanCatalogError(
+                f"{where} unit_amount must be a non-negative integer (the currency's "
+                "smallest unit, e.g. 4900 for USD 49.00)"
+            )
+        currency = body.get("currency")
+        if not isinstance(currency, str) or not _CURRENCY_RE.match(currency):
+            raise PlanCatalogError(f"{where} currency must be a lowercase ISO code such as usd")
+        interval = body.get("interval")
+        if interval not in INTERVALS:
+            raise PlanCatalogError(f"{where} interval must be one of {', '.join(INTERVALS)}")
+        count = body.get("interval_count", 1)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 365:
+            raise PlanCatalogError(f"{where} interval_count must be an integer from 1 to 365")
+        found.append(StripePrice(key, amount, currency, str(interval), count))
+    return tuple(found)
 
 
 def load_catalog(path: str | None) -> PlanCatalog:

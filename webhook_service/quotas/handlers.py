@@ -39,7 +39,9 @@ PERIOD_BILLING_REASONS = frozenset({"subscription_create", "subscription_cycle"}
 
 
 def _history(event: StripeEvent, ctx: EventContext) -> History:
-    return History(ctx.conn, ctx.catalog, ctx.now, source="webhook", event_id=event.id)
+    return History(
+        ctx.conn, ctx.catalog, ctx.now, source="webhook", event_id=event.id, event_type=event.type
+    )
 
 
 def _valid_tenant_id(event: StripeEvent, value: object, field: str) -> str | None:
@@ -114,10 +116,24 @@ def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult
             relinked = True
 
     def check_price(applied: SubscriptionState) -> None:
+        # An unknown price matters only where it decides a tenant's quota (SPEC §8): a
+        # customer no tenant owns is mirrored whatever its price (`stripe trigger` makes
+        # throwaway prices). Should a tenant take that customer later, the subscription
+        # grants nothing until the catalog sells its price; `tenants show` says so.
         if applied.status not in GRANTING_STATUSES:
             return
-        if ctx.catalog.plan_for_price(applied.price_id, applied.price_lookup_key) is None:
-            raise HandlerError(f"UNKNOWN_PRICE {applied.price_id or applied.price_lookup_key}")
+        if ctx.catalog.plan_for_price(applied.price_id, applied.price_lookup_key) is not None:
+            return
+        price = applied.price_id or applied.price_lookup_key
+        if linked is not None:
+            raise HandlerError(f"UNKNOWN_PRICE {price}")
+        log.info(
+            "unknown_price_of_unowned_customer",
+            event_id=event.id,
+            subscription_id=applied.id,
+            customer_id=applied.customer_id,
+            price=price,
+        )
 
     applied = apply_subscription(ctx.conn, state, event, ctx.now, check_price)
     if applied or relinked:

@@ -26,6 +26,13 @@ def rfc3339(value: datetime) -> str:
 
 
 @dataclass(frozen=True)
+class UnpricedSubscription:
+    id: str
+    status: str
+    price: str | None
+
+
+@dataclass(frozen=True)
 class Entitlement:
     """What a tenant's subscriptions grant now (no usage)."""
 
@@ -35,6 +42,13 @@ class Entitlement:
     window: Window
     # False while a finished period stays in force, awaiting Stripe's next one.
     window_open: bool = True
+    # The granting subscription that decided the quota: quota = plan scans x quantity.
+    price_id: str | None = None
+    price_lookup_key: str | None = None
+    quantity: int | None = None
+    # Granting subscriptions that grant nothing: their price is in no plan (an operator
+    # must add it to the catalog; until then the default plan stands in for them).
+    unpriced: tuple[UnpricedSubscription, ...] = ()
 
     def key(self) -> tuple[Any, ...]:
         return (
@@ -87,13 +101,22 @@ def customer_subscriptions(conn: Connection, customer_id: str | None) -> Sequenc
 def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Entitlement:
     """The plan a set of subscriptions grants at ``now`` (largest granting quota wins)."""
     best: tuple[int, datetime, Any, Any] | None = None
+    unpriced: list[UnpricedSubscription] = []
     for sub in subs:
         if sub.status not in GRANTING_STATUSES or sub.current_period_start is None:
             continue
         plan = catalog.plan_for_price(sub.price_id, sub.price_lookup_key)
         if plan is None:
-            # Possible only if the catalog lost a price after the event was applied.
-            log.warning("subscription_price_not_in_catalog", subscription_id=sub.id)
+            # Mirrored while no tenant owned its customer, or the catalog lost the price
+            # since: it grants nothing rather than a quota nobody priced.
+            price = sub.price_id or sub.price_lookup_key
+            unpriced.append(UnpricedSubscription(sub.id, sub.status, price))
+            log.warning(
+                "subscription_price_not_in_catalog",
+                subscription_id=sub.id,
+                customer_id=sub.customer_id,
+                price=price,
+            )
             continue
         quota = plan.scans_per_month * (1 if sub.quantity is None else sub.quantity)
         candidate = (quota, sub.current_period_start, sub, plan)
@@ -108,7 +131,17 @@ def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Ent
             sub.price_interval_count,
             now,
         )
-        return Entitlement(plan.name, sub.status, quota, window, now < window.end)
+        return Entitlement(
+            plan.name,
+            sub.status,
+            quota,
+            window,
+            now < window.end,
+            price_id=sub.price_id,
+            price_lookup_key=sub.price_lookup_key,
+            quantity=1 if sub.quantity is None else sub.quantity,
+            unpriced=tuple(unpriced),
+        )
     latest = max(subs, key=lambda s: (s.state_created or 0, s.updated_at), default=None)
     default = catalog.default_plan
     return Entitlement(
@@ -116,6 +149,7 @@ def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Ent
         latest.status if latest is not None else None,
         default.scans_per_month,
         calendar_month(now),
+        unpriced=tuple(unpriced),
     )
 
 

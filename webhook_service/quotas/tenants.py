@@ -65,6 +65,10 @@ _CHANGE_COLUMNS = (
     "scans_quota",
     "period_start",
     "quota_reset_date",
+    "event_type",
+    "price_id",
+    "price_lookup_key",
+    "quantity",
 )
 _RECORD_CHANGE = Prepared(insert(tenant_changes), column_keys=_CHANGE_COLUMNS)
 
@@ -192,6 +196,7 @@ class History:
     now: datetime
     source: str
     event_id: str | None = None
+    event_type: str | None = None
     _before: dict[str, Entitlement | None] = field(default_factory=dict)
     # The customer each tenant was watched through (watch_customer / watch_linked).
     _customer: dict[str, str | None] = field(default_factory=dict)
@@ -253,6 +258,10 @@ class History:
                     "scans_quota": after.scans_quota,
                     "period_start": after.window.start,
                     "quota_reset_date": after.window.end,
+                    "event_type": self.event_type,
+                    "price_id": after.price_id,
+                    "price_lookup_key": after.price_lookup_key,
+                    "quantity": after.quantity,
                 },
             )
         self._before.clear()
