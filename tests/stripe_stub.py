@@ -2,7 +2,8 @@
 
 It answers the few endpoints the service calls with Stripe-shaped bodies, records every
 request (method, path, form or query parameters, headers), and can be told to answer
-the next call to a path with a given status and body, or to stall (for timeouts).
+the next call to a path with a given status, body (JSON or raw bytes) and headers, after
+a delay, or to stall every call to a path until released (for timeouts and deadlines).
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ class RecordedRequest:
 @dataclass
 class Scripted:
     status: int
-    body: dict[str, Any]
+    body: dict[str, Any] | bytes
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# A stalled call is let go after this long at most (the test's teardown releases it).
+MAX_STALL_S = 60.0
 
 
 @dataclass
@@ -43,14 +49,31 @@ class StripeStub:
     scripted: dict[tuple[str, str], deque[Scripted]] = field(
         default_factory=lambda: defaultdict(deque)
     )
+    stalled: dict[tuple[str, str], threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _counter: int = 0
 
     def respond(
-        self, method: str, path: str, status: int, body: dict[str, Any], delay: float = 0.0
+        self,
+        method: str,
+        path: str,
+        status: int,
+        body: dict[str, Any] | bytes,
+        delay: float = 0.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """Answer the next ``method path`` with ``status`` and ``body``."""
-        self.scripted[(method.upper(), path)].append(Scripted(status, body, delay))
+        """Answer the next ``method path`` with ``status``, ``body`` (raw if bytes), ``headers``."""
+        self.scripted[(method.upper(), path)].append(Scripted(status, body, delay, headers or {}))
+
+    def stall(self, method: str, path: str) -> threading.Event:
+        """Hold every call to ``method path`` without an answer until the event is set."""
+        released = threading.Event()
+        self.stalled[(method.upper(), path)] = released
+        return released
+
+    def release_all(self) -> None:
+        for released in self.stalled.values():
+            released.set()
 
     def calls(self, method: str, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == method.upper() and r.path == path]
@@ -62,13 +85,24 @@ class StripeStub:
 
     # -- default answers, shaped like Stripe's ------------------------------------
 
-    def answer(self, method: str, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def answer(
+        self, method: str, path: str, params: dict[str, str]
+    ) -> tuple[int, dict[str, Any] | bytes, dict[str, str]]:
+        released = self.stalled.get((method, path))
+        if released is not None:
+            released.wait(MAX_STALL_S)
         queue = self.scripted.get((method, path))
         if queue:
             scripted = queue.popleft()
             if scripted.delay:
                 time.sleep(scripted.delay)
-            return scripted.status, scripted.body
+            return scripted.status, scripted.body, scripted.headers
+        status, body = self._default_answer(method, path, params)
+        return status, body, {}
+
+    def _default_answer(
+        self, method: str, path: str, params: dict[str, str]
+    ) -> tuple[int, dict[str, Any]]:
         if method == "POST" and path == "/v1/checkout/sessions":
             session_id = self.next_id("cs_test")
             return 200, {
@@ -132,14 +166,19 @@ def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
                     self.command, url.path, params, {k: v for k, v in self.headers.items()}
                 )
             )
-            status, body = stub.answer(self.command, url.path, params)
-            data = json.dumps(body).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Request-Id", f"req_stub{len(stub.requests):06d}")
-            self.end_headers()
-            self.wfile.write(data)
+            status, body, headers = stub.answer(self.command, url.path, params)
+            data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Request-Id", f"req_stub{len(stub.requests):06d}")
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:
+                pass  # the client gave up on a stalled call
 
         do_GET = _serve
         do_POST = _serve
@@ -161,5 +200,6 @@ def running_stripe_stub() -> Iterator[StripeStub]:
     try:
         yield stub
     finally:
+        stub.release_all()
         server.shutdown()
         server.server_close()

@@ -51,6 +51,10 @@ class Settings:
     log_level: str = "info"
     port: int = 8080
     web_concurrency: int = field(default_factory=lambda: default_web_concurrency())
+    # One tenant request's Stripe calls, retries included, end within this many seconds;
+    # at most this many requests per instance wait on Stripe at once (the rest: 503).
+    stripe_deadline_seconds: int = 10
+    billing_max_concurrency: int = 1
 
     def __repr__(self) -> str:
         # Never let a secret reach a log line or a traceback through repr().
@@ -178,6 +182,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if api_base and not api_base.startswith(("http://", "https://")):
         raise ConfigError("STRIPE_API_BASE must be an http:// or https:// URL")
 
+    web_concurrency = _int(env, "WEB_CONCURRENCY", default_web_concurrency(), minimum=1)
     return Settings(
         webhook_secrets=secrets,
         webhook_tolerance=tolerance,
@@ -194,5 +199,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_format=_choice(env, "LOG_FORMAT", "json", LOG_FORMATS),
         log_level=_choice(env, "LOG_LEVEL", "info", LOG_LEVELS),
         port=_int(env, "PORT", 8080, minimum=1),
-        web_concurrency=_int(env, "WEB_CONCURRENCY", default_web_concurrency(), minimum=1),
+        web_concurrency=web_concurrency,
+        stripe_deadline_seconds=_int(env, "STRIPE_DEADLINE_SECONDS", 10, minimum=1),
+        # Half the workers by default: the other half always remains for webhooks.
+        billing_max_concurrency=_int(
+            env, "BILLING_MAX_CONCURRENCY", max(1, web_concurrency // 2), minimum=1
+        ),
     )

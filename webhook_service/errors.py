@@ -132,6 +132,13 @@ class StripeUnavailable(ServiceError):
     status, code = 503, "STRIPE_UNAVAILABLE"
     default_message = "Stripe did not answer in time. Retry later."
 
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
+        super().__init__(message, **({} if retry_after is None else {"retry_after": retry_after}))
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
 
 _HTTP_CODES = {
     400: "BAD_REQUEST",
