@@ -211,3 +211,36 @@ def test_read_only_sqlite_files_are_not_ready_and_recover_at_once(
     finally:
         for application in apps:
             application.extensions["nat"].database.dispose()
+
+
+def test_full_disk_is_not_ready(tmp_path: Path) -> None:
+    """A SQLite database whose filesystem is full fails every write: /readyz is 503."""
+    directory = tmp_path / "small"
+    directory.mkdir()
+    if os.geteuid() != 0 or not _mount("-t", "tmpfs", "-o", "size=24m", "tmpfs", str(directory)):
+        pytest.skip("needs root to mount a small filesystem")
+    app: Flask | None = None
+    try:
+        url = f"sqlite:///{directory / 'full.db'}"
+        setup = Database(url, pool=False)
+        upgrade(setup)
+        setup.dispose()
+        env = {"DATABASE_URL": url, "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET}
+        app = create_app(env)
+        client = app.test_client()
+        assert client.get("/readyz").status_code == 200
+        filler = directory / "filler"
+        with filler.open("wb") as out, suppress(OSError):
+            while True:
+                out.write(b"\0" * 1024 * 1024)
+                out.flush()
+        response = client.get("/readyz")
+        assert response.status_code == 503, response.json
+        assert response.json is not None
+        assert response.json["checks"]["database_writable"].startswith("disk nearly full")
+        filler.unlink()
+        assert client.get("/readyz").status_code == 200
+    finally:
+        if app is not None:
+            app.extensions["nat"].database.dispose()
+        subprocess.run(["umount", "-l", str(directory)], capture_output=True, check=False)

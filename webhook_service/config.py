@@ -104,7 +104,23 @@ def normalise_database_url(raw: str) -> str:
         raise ConfigError(f"DATABASE_URL must be a sqlite:// or postgresql:// URL, not {backend!r}")
     if backend == "postgresql" and url.get_driver_name() != "psycopg":
         raise ConfigError("DATABASE_URL: only the psycopg (3) PostgreSQL driver is supported")
+    if backend == "sqlite":
+        _check_sqlite_directory(url.database)
     return value
+
+
+def _check_sqlite_directory(database: str | None) -> None:
+    """A SQLite file's directory must be one, or creatable: no part of it may be a file."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    for parent in Path(database).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"DATABASE_URL: the SQLite file's directory cannot be created: "
+                    f"{parent} is not a directory"
+                )
+            return
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
