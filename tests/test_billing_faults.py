@@ -3,6 +3,7 @@ requests waiting on Stripe, and an accurate 503 for each kind of bad answer."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -13,11 +14,14 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from tests import stripe_events as se
 from tests import test_billing
-from tests.conftest import wait_for
-from tests.servers import closed_port
-from tests.stripe_stub import StripeStub
+from tests.conftest import SYNC_KEY, WEBHOOK_SECRET, wait_for
+from tests.reliability.support import deliver
+from tests.servers import closed_port, http, running_service
+from tests.stripe_stub import StripeStub, running_stripe_stub
 from tests.test_billing import API_KEY, STRIPE_KEY, URLS, checkout, sync
+from webhook_service.db import Database
 
 # The billing tests' fixtures: a Stripe stand-in, the app configured for it, a tenant.
 env = test_billing.env
@@ -27,6 +31,12 @@ tenant = test_billing.tenant
 PORTAL = "/api/v1/billing/portal"
 CHECKOUT_SESSIONS = "/v1/checkout/sessions"
 PORTAL_SESSIONS = "/v1/billing_portal/sessions"
+
+
+def webhook_event() -> dict[str, Any]:
+    return se.customer_deleted_event(
+        customer=se.new_id("cus"), created=int(time.time()), api_version=se.BASIL_API_VERSION
+    )
 
 
 def portal(client: FlaskClient) -> TestResponse:
@@ -208,3 +218,63 @@ def test_unreachable_stripe_is_worded_so(make_app: Callable[..., Flask]) -> None
     response = checkout(client, {"price_id": "price_pro_monthly", **URLS})
     assert unavailable(response) == "Stripe could not be reached. Retry later."
     assert STRIPE_KEY not in response.get_data(as_text=True)
+
+
+# --------------------------------------------------------------------------- across workers
+
+
+@pytest.mark.slow
+def test_stalled_checkouts_leave_a_worker_for_webhooks(database: Database) -> None:
+    """Four checkouts stalled in Stripe on 2 gunicorn workers: a webhook answers at once.
+
+    The cap (default: half the workers) is shared by the workers; without it (measured
+    with BILLING_MAX_CONCURRENCY=2) the webhook waited 19.7 s for a worker.
+    """
+    with running_stripe_stub() as stub:
+        stub.stall("POST", CHECKOUT_SESSIONS)
+        env = {
+            "DATABASE_URL": database.url,
+            "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "NAT_APP_SYNC_KEY": SYNC_KEY,
+            "STRIPE_API_KEY": STRIPE_KEY,
+            "STRIPE_API_BASE": stub.base_url,
+            "STRIPE_DEADLINE_SECONDS": "3",
+        }
+        with running_service(env, workers=2) as base_url:
+            status, _, _ = http(
+                "POST",
+                base_url + "/api/v1/tenants/sync",
+                body=json.dumps(
+                    {"tenants": [{"tenant_id": "tnt_w", "api_keys": [API_KEY]}]}
+                ).encode(),
+                headers={"X-Sync-Key": SYNC_KEY, "Content-Type": "application/json"},
+            )
+            assert status == 200
+            answers: list[tuple[int, float]] = []
+
+            def open_checkout() -> None:
+                started = time.monotonic()
+                status, _, _ = http(
+                    "POST",
+                    base_url + "/api/v1/billing/checkout",
+                    body=json.dumps({"price_id": "price_pro_monthly", **URLS}).encode(),
+                    headers={"X-API-Key": API_KEY, "Content-Type": "application/json"},
+                    timeout=30,
+                )
+                answers.append((status, time.monotonic() - started))
+
+            threads = [threading.Thread(target=open_checkout) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            assert wait_for(lambda: len(stub.calls("POST", CHECKOUT_SESSIONS)) >= 1)
+            started = time.monotonic()
+            status, body = deliver(base_url, webhook_event(), timeout=30)
+            waited = time.monotonic() - started
+            for thread in threads:
+                thread.join(30)
+    assert status == 200, body
+    assert waited < 1.5, waited
+    assert sorted(s for s, _ in answers) == [503, 503, 503, 503]
+    # Three refused at once (the cap), one at the deadline (3 s), none near the worker timeout.
+    assert sum(1 for _, took in answers if took < 1.0) == 3
+    assert max(took for _, took in answers) < 5.0
