@@ -176,10 +176,7 @@ def read_only(directory: Path) -> Iterator[Callable[[], None]]:
             undo()
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
-def test_read_only_sqlite_files_are_not_ready_and_recover_at_once(
-    tmp_path: Path, backend: str
-) -> None:
+def test_read_only_sqlite_files_are_not_ready_and_recover_at_once(tmp_path: Path) -> None:
     """Read-only database files: /readyz 503 too; writable again: ready within 2 s."""
     directory = tmp_path / "rodb"
     directory.mkdir()

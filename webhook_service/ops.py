@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from webhook_service import metrics
 from webhook_service.context import Services, services
-from webhook_service.db import sqlite_file
+from webhook_service.db import Database, sqlite_file
 from webhook_service.migrate import schema_state
 
 bp = Blueprint("ops", __name__)
@@ -41,21 +41,35 @@ class _RollBack(Exception):
     """Ends the write probe's transaction without committing."""
 
 
-def _write_probe(conn: Connection, is_sqlite: bool) -> str:
-    """Whether this connection can write: "ok" or what stops it. Never commits.
-
-    SQLite: the probe runs in ``BEGIN IMMEDIATE`` (the write lock, through the writer
-    queue) and opens a write on a table without changing a row, which a connection that
-    opened the file read-only refuses (SQLITE_READONLY; db.py then drops that connection,
-    so the next one opens the file afresh). No page is written. PostgreSQL: a read-only
-    server (a standby) or ``default_transaction_read_only`` make the transaction
-    read-only; asking costs no write and no transaction id.
-    """
-    if is_sqlite:
-        conn.execute(text("UPDATE alembic_version SET version_num = version_num WHERE 0"))
-        return "ok"
+def _postgresql_writable(conn: Connection) -> str:
+    """A read-only server (a standby) or ``default_transaction_read_only`` make every
+    transaction read-only; asking costs no write, no transaction id, no round trip of
+    its own (it runs in the readiness transaction)."""
     read_only = conn.execute(text("SELECT current_setting('transaction_read_only')")).scalar()
     return "read-only (transaction_read_only is on)" if read_only == "on" else "ok"
+
+
+def _sqlite_writable(database: Database) -> str:
+    """Whether a SQLite write would go through: "ok" or what stops it. Never commits.
+
+    In ``BEGIN IMMEDIATE`` (the write lock, through the writer queue), a write on a table
+    that changes no row: a connection that opened the file read-only refuses it
+    (SQLITE_READONLY; db.py then drops that connection, so the next one opens the file
+    afresh). No page is written. Then the free space of the file's filesystem.
+    """
+    problem = _free_space_problem(database.url)
+    if problem is not None:
+        return problem
+    try:
+        with database.transaction(write=True) as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = version_num WHERE 0"))
+            raise _RollBack
+    except _RollBack:
+        return "ok"
+    except SQLAlchemyError as exc:
+        orig = getattr(exc, "orig", None)
+        name = getattr(orig, "sqlite_errorname", None) or type(orig or exc).__name__
+        return f"not writable ({name})"
 
 
 def _free_space_problem(database_url: str) -> str | None:
@@ -92,24 +106,14 @@ def check_database(svc: Services, checks: Checks, body: Body) -> None:
                 body["oldest_failed_event_age_seconds"] = (
                     None if oldest is None else int((datetime.now(UTC) - oldest).total_seconds())
                 )
+                if not database.is_sqlite:
+                    checks["database_writable"] = _postgresql_writable(conn)
     except SQLAlchemyError as exc:
         checks["database"] = f"unreachable ({type(exc).__name__})"
         checks["migrations"] = "unknown"
-    if not migrated:
-        return  # nothing to write to yet; the checks above say why
-    verdict = _free_space_problem(database.url)
-    if verdict is None:
-        try:
-            with database.transaction(write=True) as conn:
-                verdict = _write_probe(conn, database.is_sqlite)
-                raise _RollBack
-        except _RollBack:
-            pass
-        except SQLAlchemyError as exc:
-            orig = getattr(exc, "orig", None)
-            name = getattr(orig, "sqlite_errorname", None) or type(orig or exc).__name__
-            verdict = f"not writable ({name})"
-    checks["database_writable"] = verdict or "ok"
+        checks.pop("database_writable", None)
+    if migrated and database.is_sqlite:
+        checks["database_writable"] = _sqlite_writable(database)
 
 
 def check_webhook_secret(svc: Services, checks: Checks, body: Body) -> None:
