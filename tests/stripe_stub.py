@@ -2,7 +2,8 @@
 
 It answers the few endpoints the service calls with Stripe-shaped bodies, records every
 request (method, path, form or query parameters, headers), and can be told to answer
-the next call to a path with a given status and body, or to stall (for timeouts).
+the next call to a path with a given status, body (JSON or raw bytes) and headers, after
+a delay, or to stall every call to a path until released (for timeouts and deadlines).
 """
 
 from __future__ import annotations
@@ -30,8 +31,13 @@ class RecordedRequest:
 @dataclass
 class Scripted:
     status: int
-    body: dict[str, Any]
+    body: dict[str, Any] | bytes
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+# A stalled call is let go after this long at most (the test's teardown releases it).
+MAX_STALL_S = 60.0
 
 
 @dataclass
@@ -48,14 +54,31 @@ class StripeStub:
     )
     # Idempotency-Key -> (params, status, body) of the first POST with it, as Stripe keeps.
     idempotent: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = field(default_factory=dict)
+    stalled: dict[tuple[str, str], threading.Event] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _counter: int = 0
 
     def respond(
-        self, method: str, path: str, status: int, body: dict[str, Any], delay: float = 0.0
+        self,
+        method: str,
+        path: str,
+        status: int,
+        body: dict[str, Any] | bytes,
+        delay: float = 0.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """Answer the next ``method path`` with ``status`` and ``body``."""
-        self.scripted[(method.upper(), path)].append(Scripted(status, body, delay))
+        """Answer the next ``method path`` with ``status``, ``body`` (raw if bytes), ``headers``."""
+        self.scripted[(method.upper(), path)].append(Scripted(status, body, delay, headers or {}))
+
+    def stall(self, method: str, path: str) -> threading.Event:
+        """Hold every call to ``method path`` without an answer until the event is set."""
+        released = threading.Event()
+        self.stalled[(method.upper(), path)] = released
+        return released
+
+    def release_all(self) -> None:
+        for released in self.stalled.values():
+            released.set()
 
     def calls(self, method: str, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == method.upper() and r.path == path]
@@ -67,7 +90,7 @@ class StripeStub:
 
     def answer_once(
         self, method: str, path: str, params: dict[str, str], key: str | None
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, dict[str, Any] | bytes, dict[str, str]]:
         """Stripe's idempotency: a POST's key replays its first answer, if the params match.
 
         A key reused with other parameters is refused as Stripe refuses it (400
@@ -79,32 +102,46 @@ class StripeStub:
             first = self.idempotent.get(key)
         if first is not None:
             if first[0] != params:
-                return 400, {
-                    "error": {
-                        "type": "idempotency_error",
-                        "message": (
-                            "Keys for idempotent requests can only be used with the same "
-                            "parameters they were first used with. Try using a key other "
-                            f"than '{key}' if you meant to execute a different request."
-                        ),
-                    }
-                }
-            return first[1], first[2]
-        status, body = self.answer(method, path, params)
-        if 200 <= status < 300:  # Stripe keeps no answer of a request it refused or failed
+                return (
+                    400,
+                    {
+                        "error": {
+                            "type": "idempotency_error",
+                            "message": (
+                                "Keys for idempotent requests can only be used with the same "
+                                "parameters they were first used with. Try using a key other "
+                                f"than '{key}' if you meant to execute a different request."
+                            ),
+                        }
+                    },
+                    {},
+                )
+            return first[1], first[2], {}
+        status, body, headers = self.answer(method, path, params)
+        if 200 <= status < 300 and isinstance(body, dict):
+            # Stripe keeps no answer of a request it refused or failed.
             with self._lock:
                 self.idempotent.setdefault(key, (params, status, body))
-        return status, body
+        return status, body, headers
 
-    # -- default answers, shaped like Stripe's ------------------------------------
-
-    def answer(self, method: str, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def answer(
+        self, method: str, path: str, params: dict[str, str]
+    ) -> tuple[int, dict[str, Any] | bytes, dict[str, str]]:
+        released = self.stalled.get((method, path))
+        if released is not None:
+            released.wait(MAX_STALL_S)
         queue = self.scripted.get((method, path))
         if queue:
             scripted = queue.popleft()
             if scripted.delay:
                 time.sleep(scripted.delay)
-            return scripted.status, scripted.body
+            return scripted.status, scripted.body, scripted.headers
+        status, body = self._default_answer(method, path, params)
+        return status, body, {}
+
+    def _default_answer(
+        self, method: str, path: str, params: dict[str, str]
+    ) -> tuple[int, dict[str, Any]]:
         if method == "POST" and path == "/v1/checkout/sessions":
             session_id = self.next_id("cs_test")
             return 200, {
@@ -249,16 +286,21 @@ def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
                     self.command, url.path, params, {k: v for k, v in self.headers.items()}
                 )
             )
-            status, body = stub.answer_once(
+            status, body, headers = stub.answer_once(
                 self.command, url.path, params, self.headers.get("Idempotency-Key")
             )
-            data = json.dumps(body).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Request-Id", f"req_stub{len(stub.requests):06d}")
-            self.end_headers()
-            self.wfile.write(data)
+            data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Request-Id", f"req_stub{len(stub.requests):06d}")
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:
+                pass  # the client gave up on a stalled call
 
         do_GET = _serve
         do_POST = _serve
@@ -280,5 +322,6 @@ def running_stripe_stub() -> Iterator[StripeStub]:
     try:
         yield stub
     finally:
+        stub.release_all()
         server.shutdown()
         server.server_close()

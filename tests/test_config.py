@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers import run_cli
 from webhook_service.config import ConfigError, Settings, load_settings, redact_url
 
 SECRET_A = "whsec_config_test_aaaaaaaaaaaaaaaaaaaaaa"
@@ -215,3 +216,18 @@ def test_redact_url_hides_passwords() -> None:
     assert "pw" not in hidden.replace("psycopg", "")
     assert "sslmode=require" in hidden
     assert redact_url("nonsense") == "<unparseable>"
+
+
+def test_sqlite_path_under_a_file_is_a_one_line_configuration_error(tmp_path: Path) -> None:
+    """12.9: a SQLite path under a regular file stops start-up with one clear line."""
+    regular = tmp_path / "a-file"
+    regular.write_text("not a directory", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({"DATABASE_URL": f"sqlite:///{regular}/sub/x.db"})
+    message = str(caught.value)
+    assert message == (
+        f"DATABASE_URL: the SQLite file's directory cannot be created: {regular} is not a directory"
+    )
+    result = run_cli("db", "upgrade", env={"DATABASE_URL": f"sqlite:///{regular}/x.db"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"configuration error: {message}"]

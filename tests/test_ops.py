@@ -71,7 +71,12 @@ def test_readyz_is_ready_when_everything_is(client: FlaskClient) -> None:
     assert response.status_code == 200
     assert response.json == {
         "status": "ready",
-        "checks": {"database": "ok", "migrations": "ok", "webhook_secret": "ok"},
+        "checks": {
+            "database": "ok",
+            "migrations": "ok",
+            "database_writable": "ok",
+            "webhook_secret": "ok",
+        },
         "failed_events": 0,
         "oldest_failed_event_age_seconds": None,
     }

@@ -221,4 +221,7 @@ def test_reconcile_stops_cleanly_when_stripe_fails(
         )
     result = runner.invoke(cli, ["events", "reconcile"])
     assert result.exit_code == 1
-    assert "reconciliation stopped: Stripe did not answer in time. Retry later." in result.output
+    assert (
+        "reconciliation stopped: Stripe answered with a server error (HTTP 500). Retry later."
+        in result.output
+    )

@@ -275,3 +275,15 @@ def test_missing_secret_answers_503_and_readyz_is_not_ready(
     assert ready.status_code == 503
     assert ready.json is not None
     assert "STRIPE_WEBHOOK_SECRET" in ready.json["checks"]["webhook_secret"]
+
+
+def test_v1_that_is_not_a_hex_hmac_is_refused_before_any_hmac() -> None:
+    """12.9: with 20 secrets and a 1 MB body, a v1 that cannot match costs no HMAC."""
+    secrets = [f"whsec_{i:040d}" for i in range(20)]
+    for v1 in ("deadbeef", "Z" * 64, "AB" * 32):
+        with pytest.raises(InvalidSignature) as caught:
+            verify_signature("x" * 1_000_000, f"t={int(time.time())},v1={v1}", secrets, 300)
+        assert caught.value.reason == "malformed"
+        assert caught.value.message == (
+            "Malformed Stripe-Signature header: no v1 value is 64 hex digits."
+        )

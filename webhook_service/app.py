@@ -62,7 +62,12 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
         database=database,
         event_log=EventLog(database, build_router(), settings.catalog),
         quotas=QuotaService(database, settings.catalog),
-        stripe=StripeGateway(settings.stripe_api_key, settings.stripe_api_base),
+        stripe=StripeGateway(
+            settings.stripe_api_key,
+            settings.stripe_api_base,
+            deadline=settings.stripe_deadline_seconds,
+            max_concurrency=settings.billing_max_concurrency,
+        ),
     )
 
     errors.init_app(app)

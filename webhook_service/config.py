@@ -56,6 +56,10 @@ class Settings:
     # The address gunicorn binds: every interface in production; `make run` binds 127.0.0.1.
     bind_host: str = "0.0.0.0"  # noqa: S104 - a server's bind address, configurable
     web_concurrency: int = field(default_factory=lambda: default_web_concurrency())
+    # One tenant request's Stripe calls, retries included, end within this many seconds;
+    # at most this many requests per instance wait on Stripe at once (the rest: 503).
+    stripe_deadline_seconds: int = 10
+    billing_max_concurrency: int = 1
 
     def __repr__(self) -> str:
         # Never let a secret reach a log line or a traceback through repr().
@@ -111,7 +115,23 @@ def normalise_database_url(raw: str) -> str:
         raise ConfigError(f"DATABASE_URL must be a sqlite:// or postgresql:// URL, not {backend!r}")
     if backend == "postgresql" and url.get_driver_name() != "psycopg":
         raise ConfigError("DATABASE_URL: only the psycopg (3) PostgreSQL driver is supported")
+    if backend == "sqlite":
+        _check_sqlite_directory(url.database)
     return value
+
+
+def _check_sqlite_directory(database: str | None) -> None:
+    """A SQLite file's directory must be one, or creatable: no part of it may be a file."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    for parent in Path(database).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(
+                    f"DATABASE_URL: the SQLite file's directory cannot be created: "
+                    f"{parent} is not a directory"
+                )
+            return
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
@@ -200,6 +220,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if not _BIND_HOST_RE.match(bind_host):
         raise ConfigError(f"BIND_HOST must be an IP address or a host name, got {bind_host!r}")
 
+    web_concurrency = _int(env, "WEB_CONCURRENCY", default_web_concurrency(), minimum=1)
     return Settings(
         webhook_secrets=secrets,
         webhook_tolerance=tolerance,
@@ -217,5 +238,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=_choice(env, "LOG_LEVEL", "info", LOG_LEVELS),
         port=_port(env),
         bind_host=bind_host,
-        web_concurrency=_int(env, "WEB_CONCURRENCY", default_web_concurrency(), minimum=1),
+        web_concurrency=web_concurrency,
+        stripe_deadline_seconds=_int(env, "STRIPE_DEADLINE_SECONDS", 10, minimum=1),
+        # Half the workers by default: the other half always remains for webhooks.
+        billing_max_concurrency=_int(
+            env, "BILLING_MAX_CONCURRENCY", max(1, web_concurrency // 2), minimum=1
+        ),
     )

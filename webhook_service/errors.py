@@ -142,6 +142,13 @@ class StripeUnavailable(ServiceError):
     status, code = 503, "STRIPE_UNAVAILABLE"
     default_message = "Stripe did not answer in time. Retry later."
 
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
+        super().__init__(message, **({} if retry_after is None else {"retry_after": retry_after}))
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+
 
 _HTTP_CODES = {
     400: "BAD_REQUEST",
@@ -176,6 +183,9 @@ def http_error_response(exc: HTTPException) -> Response:
 # PostgreSQL's "undefined_table" and "invalid_schema_name": the database answers but has
 # not been migrated (SQLite reports the same case as an OperationalError, also a 503).
 _SCHEMA_MISSING_SQLSTATES = frozenset({"42P01", "3F000"})
+# "read_only_sql_transaction" (a standby, default_transaction_read_only) and "disk_full":
+# the database cannot take writes for now; nothing was recorded, so a retry is right.
+_NO_WRITES_SQLSTATES = frozenset({"25006", "53100"})
 
 
 def _schema_missing(exc: DBAPIError) -> bool:
@@ -206,7 +216,9 @@ def service_error_for(exc: Exception) -> ServiceError:
         log.warning("database_unavailable", error=type(exc).__name__)
         return ServiceUnavailable()
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in (
+            _NO_WRITES_SQLSTATES
+        ):
             log.warning("database_unavailable", error=type(exc.orig).__name__)
             return ServiceUnavailable()
         log.error("database_error", error=type(exc.orig).__name__, exc_info=exc)

@@ -1,7 +1,14 @@
-"""Schema migrations (Alembic), run by `webhook-service db upgrade` and checked by /readyz."""
+"""Schema migrations (Alembic), run by `webhook-service db upgrade` and checked by /readyz.
+
+Migrations follow expand, then contract (README, "Migrations"): a release only adds what
+the previous release can ignore, and removes only what the release before it stopped
+using. So code runs against a schema one release newer than itself (a rolling deploy
+after the new release migrated, or a rollback): such a schema is *ahead*, and ready.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 
 from alembic import command
@@ -33,12 +40,70 @@ def current_revision(conn: Connection) -> str | None:
     return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
 
 
+@cache
+def known_revisions() -> frozenset[str]:
+    """Every migration shipped with this code."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return frozenset(rev.revision for rev in script.walk_revisions())
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """Where the database's schema stands against this code's migrations."""
+
+    database: str | None  # the database's revision; None before the first migration
+    code: str | None  # this code's newest migration
+
+    @property
+    def current(self) -> bool:
+        return self.database == self.code
+
+    @property
+    def ahead(self) -> bool:
+        """Migrated by a newer release: a revision this code does not ship."""
+        return self.database is not None and self.database not in known_revisions()
+
+    @property
+    def usable(self) -> bool:
+        """This code runs on it: current, or ahead (expand-then-contract keeps it so)."""
+        return self.current or self.ahead
+
+    def describe(self) -> str:
+        if self.current:
+            return f"at {self.code}"
+        if self.ahead:
+            return f"at {self.database}, ahead of this code's {self.code}"
+        return f"at {self.database or 'none'}, expected {self.code}"
+
+
+def schema_state(conn: Connection) -> SchemaState:
+    return SchemaState(current_revision(conn), head_revision())
+
+
+class DatabaseAhead(Exception):
+    """The database was migrated by a newer release than this code: nothing to do."""
+
+    def __init__(self, state: SchemaState) -> None:
+        super().__init__(
+            f"database is at {state.database}, ahead of this code's newest migration "
+            f"{state.code} (migrated by a newer release); nothing to do"
+        )
+        self.state = state
+
+
 def upgrade(database: Database, revision: str = "head") -> None:
-    """Bring the schema up to ``revision`` in one transaction."""
+    """Bring the schema up to ``revision`` in one transaction.
+
+    Raises :class:`DatabaseAhead` (changing nothing) when the database is at a revision
+    this code does not know: a newer release migrated it, and this one runs on it as is.
+    """
     config = alembic_config()
     with database.transaction(write=True) as conn:
         if not database.is_sqlite:
             # Several instances may run their release step at once: one migrates.
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        state = schema_state(conn)
+        if state.ahead:
+            raise DatabaseAhead(state)
         config.attributes["connection"] = conn
         command.upgrade(config, revision)

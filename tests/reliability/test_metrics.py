@@ -74,7 +74,9 @@ def bad_deliveries() -> tuple[list[tuple[bytes, dict[str, str]]], Counter[str]]:
         ("malformed", {"Stripe-Signature": "t=abc,v1=00"}),
         ("no_v1", {"Stripe-Signature": f"t={now},v0=abc"}),
         ("mismatch", {"Stripe-Signature": se.sign(body, "whsec_not_the_right_one_000000")}),
-        ("mismatch", {"Stripe-Signature": good.replace("v1=", "v1=0")}),
+        # A well-formed v1 (64 hex digits) with its last digit changed.
+        ("mismatch", {"Stripe-Signature": good[:-1] + ("1" if good[-1] == "0" else "0")}),
+        ("malformed", {"Stripe-Signature": good.replace("v1=", "v1=0")}),  # 65 digits
         ("mismatch", {"Stripe-Signature": se.sign(body + b" ", WEBHOOK_SECRET)}),
         ("too_old", {"Stripe-Signature": se.sign(body, WEBHOOK_SECRET, now - 3600)}),
         ("too_old", {"Stripe-Signature": se.sign(body, SECOND_SECRET, now - 3600)}),

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint
 
+from webhook_service.billing.stripe_api import StripeGateway
 from webhook_service.context import services
 from webhook_service.errors import InvalidRequest, NoBillingAccount, UnknownPrice
 from webhook_service.tenant_api import current_tenant, idempotency_key, json_body
@@ -55,8 +56,22 @@ def create_checkout() -> dict[str, Any]:
     cancel_url = _url(body, "cancel_url")
     if not svc.settings.catalog.sells(price):
         raise UnknownPrice(f"Price {price} is not in the plan catalog.")
-    gateway = svc.stripe  # 503 BILLING_NOT_CONFIGURED without STRIPE_API_KEY
-    gateway.client  # noqa: B018 - raises BillingNotConfigured before any work
+    gateway = svc.stripe
+    # 503 BILLING_NOT_CONFIGURED without STRIPE_API_KEY; one deadline for both calls.
+    with gateway.session():
+        return _open_checkout(
+            gateway, tenant.id, tenant.customer_id, price, success_url, cancel_url
+        )
+
+
+def _open_checkout(
+    gateway: StripeGateway,
+    tenant_id: str,
+    customer_id: str | None,
+    price: str,
+    success_url: str,
+    cancel_url: str,
+) -> dict[str, Any]:
     price_id = price
     if not price.startswith("price_"):
         resolved = gateway.price_for_lookup_key(price)
@@ -68,14 +83,13 @@ def create_checkout() -> dict[str, Any]:
         "line_items": [{"price": price_id, "quantity": 1}],
         "success_url": success_url,
         "cancel_url": cancel_url,
-        "client_reference_id": tenant.id,
-        "metadata": {"tenant_id": tenant.id},
-        "subscription_data": {"metadata": {"tenant_id": tenant.id}},
+        "client_reference_id": tenant_id,
+        "metadata": {"tenant_id": tenant_id},
+        "subscription_data": {"metadata": {"tenant_id": tenant_id}},
     }
-    if tenant.customer_id:
-        params["customer"] = tenant.customer_id
-    session = gateway.create_checkout_session(params, _idempotency_key(tenant.id, params))
-    return {"id": session.get("id"), "url": session.get("url")}
+    if customer_id:
+        params["customer"] = customer_id
+    return gateway.create_checkout_session(params, _idempotency_key(tenant_id, params))
 
 
 def _idempotency_key(tenant_id: str, params: dict[str, Any]) -> str:
@@ -101,5 +115,5 @@ def create_portal() -> dict[str, Any]:
     gateway.client  # noqa: B018 - raises BillingNotConfigured before any work
     if not tenant.customer_id:
         raise NoBillingAccount()
-    session = gateway.create_portal_session(tenant.customer_id, return_url)
-    return {"url": session.get("url")}
+    with gateway.session():
+        return gateway.create_portal_session(tenant.customer_id, return_url)

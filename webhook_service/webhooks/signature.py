@@ -23,6 +23,8 @@ MAX_HEADER_LENGTH = 8192
 # ASCII digits only, and few enough for int(): str.isdigit() also accepts superscripts
 # and other scripts' digits, and int() refuses strings of more than 4300 digits.
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
+# A v1 signature is a hex HMAC-SHA256: 64 lowercase hex digits, as Stripe sends it.
+_V1_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class VerifiedSignature:
     secret_index: int
 
 
-def _timestamp_and_schemes(header: str) -> tuple[int, set[str]]:
+def _timestamp_and_schemes(header: str) -> tuple[int, set[str], bool]:
     """Check the header's shape (``t=<int>,v1=<hex>,...``) well enough to say what is wrong.
 
     Items are split exactly as the SDK splits them (no whitespace trimming), so that
@@ -39,6 +41,7 @@ def _timestamp_and_schemes(header: str) -> tuple[int, set[str]]:
     """
     timestamp: int | None = None
     schemes: set[str] = set()
+    v1_well_formed = False
     for item in header.split(","):
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -56,11 +59,13 @@ def _timestamp_and_schemes(header: str) -> tuple[int, set[str]]:
                 timestamp = int(value)
         else:
             schemes.add(key)
+            if key == SCHEME and _V1_RE.fullmatch(value):
+                v1_well_formed = True
     if timestamp is None:
         raise InvalidSignature(
             "Malformed Stripe-Signature header: no timestamp (t=).", reason="malformed"
         )
-    return timestamp, schemes
+    return timestamp, schemes, v1_well_formed
 
 
 def check_header(header: str | None) -> int:
@@ -73,13 +78,20 @@ def check_header(header: str | None) -> int:
         raise InvalidSignature("No Stripe-Signature header was provided.", reason="missing")
     if len(header) > MAX_HEADER_LENGTH:
         raise InvalidSignature("Malformed Stripe-Signature header: too long.", reason="malformed")
-    timestamp, schemes = _timestamp_and_schemes(header)
+    timestamp, schemes, v1_well_formed = _timestamp_and_schemes(header)
     if SCHEME not in schemes:
         # Quoted (a stray space shows) and bounded: the header is the sender's text.
         found = ", ".join(repr(s[:16]) for s in sorted(schemes)[:5]) or "none"
         raise InvalidSignature(
             f"No {SCHEME} signature in the Stripe-Signature header (schemes found: {found}).",
             reason="no_v1",
+        )
+    if not v1_well_formed:
+        # No v1 value could ever match: refused before any HMAC (one per secret, each a
+        # pass over the whole body).
+        raise InvalidSignature(
+            f"Malformed Stripe-Signature header: no {SCHEME} value is 64 hex digits.",
+            reason="malformed",
         )
     return timestamp
 
