@@ -362,8 +362,7 @@ def test_a_rolling_restart_during_a_burst_applies_every_event_once(
         f"nginx retried {sum(',' in e['upstream_addr'] for e in entries)} requests"
     )
     assert during > 0  # the burst went on while the instance was away
-    assert all(isinstance(tries[-1], int) and tries[-1] == 200 for tries in attempts), answers
-    assert set(answers) <= {200, 503}, answers  # never a 500 (PROCESSING_FAILED)
+    assert all(tries[-1] == 200 for tries in attempts), answers  # every one acknowledged
     with database.transaction() as conn:
         rows = conn.execute(
             text("SELECT outcome, attempts, count(*) FROM stripe_events GROUP BY 1, 2")
@@ -380,3 +379,6 @@ def test_a_rolling_restart_during_a_burst_applies_every_event_once(
     assert [tuple(row) for row in rows] == [("processed", 1, BURST)]  # each applied once
     assert tuple(changes) == (BURST, BURST, 500, 500)  # one change per event: pro, 500 scans
     assert [tuple(row) for row in subscriptions] == [("active", BURST)]
+    # nginx sent the deliveries that met the closing instance to the other one (without
+    # non_idempotent the sender gets a 503 for each and retries it later).
+    assert answers == {200: BURST}, answers
