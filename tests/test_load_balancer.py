@@ -26,7 +26,14 @@ import redis
 from sqlalchemy import text
 
 from tests import stripe_events as se
-from tests.conftest import REDIS_URL, SYNC_KEY, WEBHOOK_SECRET, new_api_key, unavailable
+from tests.conftest import (
+    REDIS_URL,
+    SYNC_KEY,
+    WEBHOOK_SECRET,
+    new_api_key,
+    unavailable,
+    wait_for,
+)
 from tests.load_balancer import SITE_TEMPLATE, Fleet, load_balanced, nginx_binary
 from tests.reliability.support import NO_ANSWER_ERRORS, WEBHOOK_PATH, decode, signed
 from tests.servers import http
@@ -220,6 +227,23 @@ def test_an_instance_whose_readyz_fails_leaves_rotation(
             status, _, raw = http("GET", bad.url + "/readyz")
             assert status == 503, raw
 
+            # A POST other than the webhook is not sent again once it reached an instance:
+            # a failing instance's 503 goes back to the client (nothing was spent).
+            spends, statuses = [request_id(), request_id()], []
+            for rid in spends:
+                headers = {"X-API-Key": key, "X-Request-ID": rid, "Idempotency-Key": rid}
+                headers["Content-Type"] = "application/json"
+                url = fleet.url + "/api/v1/usage/scans"
+                statuses.append(http("POST", url, body=b'{"count": 1}', headers=headers)[0])
+            spent = fleet.nginx.entries(spends)
+            if how == "database-unreachable":
+                assert sorted(statuses) == [200, 503]
+                refused = [e for e in spent if e["status"] == 503]
+                assert [served_by(fleet, e) for e in refused] == [[0]]
+            else:  # without its webhook secret an instance serves the tenant API
+                assert statuses == [200, 200]
+                refused = []
+
             ids = []
             for number in range(8):
                 # Two webhooks and a GET a round: round robin sends each kind to both.
@@ -252,6 +276,11 @@ def test_an_instance_whose_readyz_fails_leaves_rotation(
                 after = [float(e["msec"]) - float(entry["msec"]) for e in tried]
                 assert not [gap for gap in after if 0 < gap < FAIL_TIMEOUT_S - 1], after
 
+            # That 503 to a POST counted as no failure: it was tried again at once.
+            for entry in refused:
+                after = [float(e["msec"]) - float(entry["msec"]) for e in tried]
+                assert min(after) < FAIL_TIMEOUT_S - 1, after
+
             # It can serve again: nginx sends it requests again after fail_timeout.
             if how == "database-unreachable":
                 proxy.restore()
@@ -259,7 +288,8 @@ def test_an_instance_whose_readyz_fails_leaves_rotation(
                 bad.terminate()
                 bad.start(fleet_env)
                 bad.wait_healthy()
-            assert http("GET", bad.url + "/readyz")[0] == 200
+            # (Its first request may still meet a pooled connection the cut had reset.)
+            assert wait_for(lambda: http("GET", bad.url + "/readyz")[0] == 200, timeout=10)
             assert back_in_rotation(fleet, 0), "the instance did not come back into rotation"
 
 
