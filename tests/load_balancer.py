@@ -104,10 +104,13 @@ def _stop_groups(processes: Sequence[subprocess.Popen[bytes]]) -> None:
 class Nginx:
     """An nginx master of the test's own, in front of ``instances`` (``host:port``)."""
 
-    def __init__(self, binary: str, instances: Sequence[str], directory: Path) -> None:
+    def __init__(self, binary: str, instances: Sequence[str]) -> None:
         self.binary = binary
         self.instances = list(instances)
-        self.dir = directory
+        # Started as root, nginx's workers run as nobody: they write request bodies into
+        # the temporary paths in here, so every directory above them must let them in.
+        self.dir = Path(tempfile.mkdtemp(prefix="nat-test-nginx-"))
+        self.dir.chmod(0o755)  # nothing in here is secret
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -117,10 +120,6 @@ class Nginx:
 
     def start(self) -> None:
         """Start on a free port; try another one if that one was taken meanwhile."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        # Started as root, nginx's workers run as nobody: they need to reach the
-        # temporary paths in here (nothing in this directory is secret).
-        self.dir.chmod(0o755)
         (self.dir / "nginx.conf").write_text(MAIN_CONFIG.format(dir=self.dir))
         for _attempt in range(3):
             self.port = free_port()
@@ -150,6 +149,9 @@ class Nginx:
     def stop(self) -> None:
         if self.process is not None:
             _stop_groups([self.process])
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def error_log(self) -> str:
         text = ""
@@ -303,7 +305,7 @@ def load_balanced(
         instances = [
             Instance(env, workers, directory, f"instance-{i + 1}") for i, env in enumerate(envs)
         ]
-        nginx = Nginx(binary, [instance.address for instance in instances], directory / "nginx")
+        nginx = Nginx(binary, [instance.address for instance in instances])
         try:
             for instance in instances:
                 instance.start()
@@ -313,6 +315,7 @@ def load_balanced(
             yield Fleet(nginx.url, nginx, instances)
         finally:
             nginx.stop()
+            nginx.remove()
             _stop_groups([i.process for i in instances if i.process is not None])
             for instance in instances:
                 shutil.rmtree(instance.metrics_dir, ignore_errors=True)

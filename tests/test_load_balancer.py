@@ -293,12 +293,37 @@ def test_an_instance_whose_readyz_fails_leaves_rotation(
             assert back_in_rotation(fleet, 0), "the instance did not come back into rotation"
 
 
+def padded(tenant_id: str, size: int) -> tuple[bytes, dict[str, str]]:
+    """A signed delivery whose body is about ``size`` bytes."""
+    event = subscription_created(tenant_id)
+    event["data"]["object"]["description"] = "x" * size
+    return signed(event)
+
+
 @pytest.mark.slow
 @on_postgresql
-def test_nginx_answers_json_when_no_instance_is_left(nginx: str, fleet_env: dict[str, str]) -> None:
-    """Answer the service's JSON 503 (with Retry-After), not nginx's HTML, when every
-    instance is down: Stripe retries it."""
+def test_big_bodies_and_no_instance_left_get_the_services_json(
+    nginx: str, fleet_env: dict[str, str]
+) -> None:
+    """Pass a big webhook through; answer a too big one, and any request when every
+    instance is down, with the service's JSON errors rather than nginx's HTML pages."""
     with load_balanced(nginx, [fleet_env, fleet_env]) as fleet:
+        # nginx keeps bodies over 16 KiB in a temporary file before passing them on.
+        answers, ids = [], []
+        for size in (600_000, 1_500_000, 3_000_000):  # allowed, over MAX_WEBHOOK_BYTES, over 2m
+            body, headers = padded(f"tnt_lb_big_{size}", size)
+            ids.append(request_id())
+            headers["X-Request-ID"] = ids[-1]
+            status, response_headers, raw = http(
+                "POST", fleet.url + WEBHOOK_PATH, body=body, headers=headers
+            )
+            assert response_headers["Content-Type"] == "application/json", raw[:200]
+            answers.append((status, decode(raw).get("outcome") or decode(raw)["error"]))
+        too_large = (413, "PAYLOAD_TOO_LARGE")
+        assert answers == [(200, "processed"), too_large, too_large]
+        # The service refused the second; nginx the third, without passing it on.
+        assert [bool(e["upstream_addr"]) for e in fleet.nginx.entries(ids)] == [True, True, False]
+
         for instance in fleet.instances:
             instance.terminate()
         body, headers = signed(subscription_created("tnt_lb_nobody"))
