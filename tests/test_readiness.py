@@ -92,7 +92,9 @@ def test_schema_behind_the_code_is_not_ready(
         response = app.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.json is not None
-    assert response.json["checks"]["migrations"] == f"at 0002, expected {head_revision()}"
+    assert response.json["checks"]["migrations"] == (
+        f"at 0002, expected {head_revision()}; run `webhook-service db upgrade`"
+    )
 
 
 def test_db_upgrade_against_a_newer_schema_says_so_in_one_line(

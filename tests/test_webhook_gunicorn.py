@@ -335,7 +335,9 @@ def test_log_stream_is_json_canonical_and_secret_free(service: Service) -> None:
         },
     )
     assert status == 200
-    for name, key in (("usage", api_key), ("bad-key", api_key[:-1] + "0")):
+    # A key one character off (never the key itself, whatever its last character).
+    bad_key = api_key[:-1] + ("1" if api_key.endswith("0") else "0")
+    for name, key in (("usage", api_key), ("bad-key", bad_key)):
         request_ids[name] = rid(name)
         http_request(
             "GET",
