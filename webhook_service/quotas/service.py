@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from webhook_service import metrics
 from webhook_service.db import Database
@@ -42,10 +44,17 @@ _PRIOR_SPEND = Prepared(
         scan_spends.c.idempotency_key == bindparam("b_key"),
     )
 )
-_RECORD_SPEND = Prepared(
-    insert(scan_spends),
-    column_keys=("tenant_id", "count", "spent_at", "idempotency_key", "response"),
-)
+# ON CONFLICT: a spend with the same idempotency key is never recorded twice, even by a
+# transaction that would not hold the tenant's lock; RETURNING says whether this one was.
+_RECORD_SPEND = {
+    name: Prepared(
+        dialect_insert(scan_spends)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+        .returning(scan_spends.c.id),
+        column_keys=("tenant_id", "count", "spent_at", "idempotency_key", "response"),
+    )
+    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+}
 MAX_SYNC_TENANTS = 10_000
 
 
@@ -261,9 +270,9 @@ class QuotaService:
                     quota_reset_date=rfc3339(reset),
                 )
             body = Usage(tenant.id, usage.entitlement, usage.scans_used + count).body()
-            run(
+            recorded = run(
                 conn,
-                _RECORD_SPEND,
+                _RECORD_SPEND[conn.dialect.name],
                 {
                     "tenant_id": tenant.id,
                     "count": count,
@@ -271,7 +280,12 @@ class QuotaService:
                     "idempotency_key": idempotency_key,
                     "response": json.dumps(body),
                 },
-            )
+            ).first()
+            if recorded is None:  # the same key was spent meanwhile: answer as it was
+                prior = run(
+                    conn, _PRIOR_SPEND, {"b_tenant": tenant.id, "b_key": idempotency_key}
+                ).scalar_one()
+                return SpendResult(json.loads(prior), replayed=True)
         metrics.SCAN_SPENDS.inc(count)
         return SpendResult(body, replayed=False)
 
