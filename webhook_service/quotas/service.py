@@ -18,6 +18,7 @@ from webhook_service.errors import InvalidApiKey, InvalidRequest, QuotaExceeded
 from webhook_service.models import scan_spends, tenants, utcnow
 from webhook_service.plans import PlanCatalog
 from webhook_service.quotas.state import Usage, rfc3339, tenant_usage
+from webhook_service.quotas.sync import apply_sync
 from webhook_service.quotas.tenants import (
     API_KEY_RE,
     CUSTOMER_ID_RE,
@@ -32,7 +33,7 @@ from webhook_service.quotas.tenants import (
     key_count,
     link_customer,
     list_tenants,
-    replace_keys,
+    lock_all_customers,
     tenant_for_key,
 )
 from webhook_service.sql import Prepared, run
@@ -290,30 +291,16 @@ class QuotaService:
         return SpendResult(body, replayed=False)
 
     def sync(self, entries: Sequence[SyncEntry]) -> SyncResult:
-        """Apply a validated sync request, all or nothing."""
-        created = 0
+        """Apply a validated sync request, all or nothing, in set-based statements.
+
+        Per entry: the tenant is created if new and gets ``active``; ``api_keys`` (and
+        ``api_key_sha256``) replace its key set (a key moves if another tenant had it);
+        inactive revokes every key; a customer given moves to it from any other tenant
+        (``customer_relinked``), none given leaves its link. See quotas/sync.py.
+        """
         with self.database.transaction(write=True) as conn:
-            now = self.clock()
-            history = History(conn, self.catalog, now, source="sync")
-            for entry in entries:
-                history.watch(entry.tenant_id)
-            for entry in entries:
-                if entry.customer_id:
-                    history.watch_customer(entry.customer_id)
-            for entry in entries:
-                created += ensure_tenant(conn, entry.tenant_id, now)
-                conn.execute(
-                    update(tenants)
-                    .where(tenants.c.id == entry.tenant_id)
-                    .values(active=entry.active, updated_at=now)
-                )
-                if not entry.active:
-                    replace_keys(conn, entry.tenant_id, (), now)
-                elif entry.key_hashes is not None:
-                    replace_keys(conn, entry.tenant_id, entry.key_hashes, now)
-                if entry.customer_id:
-                    link_customer(conn, entry.tenant_id, entry.customer_id, now)
-            history.record()
+            lock_all_customers(conn)  # links move: no event of any customer meanwhile
+            created = apply_sync(conn, entries, self.catalog, self.clock())
         return SyncResult(len(entries), created, len(entries) - created)
 
     def list_tenants(self) -> list[tuple[Any, Usage, int]]:
@@ -341,6 +328,7 @@ class QuotaService:
         """Create or update a tenant from the CLI, adding one key; True if created."""
         with self.database.transaction(write=True) as conn:
             now = self.clock()
+            lock_all_customers(conn)  # the same lock order as a sync
             history = History(conn, self.catalog, now, source="cli")
             history.watch(tenant_id)
             history.watch_customer(customer_id)
