@@ -257,18 +257,6 @@ def unlink_customer(conn: Connection, customer_id: str, now: datetime) -> str | 
     return tenant_id
 
 
-def replace_keys(conn: Connection, tenant_id: str, hashes: Iterable[str], now: datetime) -> None:
-    """Make ``hashes`` the tenant's whole set of valid keys (a key moves if another had it)."""
-    wanted = set(hashes)
-    conn.execute(delete(api_keys).where(api_keys.c.tenant_id == tenant_id))
-    if wanted:
-        conn.execute(delete(api_keys).where(api_keys.c.key_sha256.in_(wanted)))
-        conn.execute(
-            insert(api_keys),
-            [{"key_sha256": h, "tenant_id": tenant_id, "created_at": now} for h in sorted(wanted)],
-        )
-
-
 def add_key(conn: Connection, tenant_id: str, key_sha256: str, now: datetime) -> None:
     conn.execute(delete(api_keys).where(api_keys.c.key_sha256 == key_sha256))
     conn.execute(
