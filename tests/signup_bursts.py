@@ -10,6 +10,7 @@ the latest event): 1000 scans. Used by the signup race tests (tests/test_signup_
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -161,5 +162,5 @@ def check_bursts(base: str, database: Database, bursts: Sequence[Burst]) -> None
         ), (burst.tenant_id, body)
         history = [tuple(row[1:]) for row in changes if row.tenant_id == burst.tenant_id]
         # Every row is a change: never the same state twice in a row; the last is now.
-        assert all(a != b for a, b in zip(history, history[1:], strict=False)), history
+        assert all(a != b for a, b in itertools.pairwise(history)), history
         assert history[-1][:3] == ("pro", "active", EXPECTED_QUOTA), history

@@ -31,7 +31,7 @@ TENANTS_PER_ROUND = 8
 
 @pytest.fixture
 def fleet(database: Database) -> Iterator[list[str]]:
-    """Two instances × two workers on the test's database."""
+    """Two instances, two workers each, on the test's database."""
     env = {
         "DATABASE_URL": database.url,
         "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
@@ -43,7 +43,7 @@ def fleet(database: Database) -> Iterator[list[str]]:
 
 def test_parallel_signup_bursts_all_apply(fleet: list[str], database: Database) -> None:
     """Fire whole signup bursts at once across the fleet: all 2xx, none failed, quotas right."""
-    rng = random.Random(20251203)  # noqa: S311 - a test's shuffle
+    rng = random.Random(20251203)
     for round_ in range(ROUNDS):
         bursts = [
             Burst(
