@@ -89,19 +89,28 @@ def _insert_rows(
         return
     keys = list(rows[0])
     if conn.dialect.name == "postgresql":
+        # A value the same in every row (the sync's time, a source) is one parameter.
+        first = rows[0]
+        shared = [k for k in keys[1:] if all(row[k] is first[k] for row in rows)]
+        varying = [k for k in keys if k not in shared]  # the first key at least
         source = (
             func.unnest(
                 *(
                     bindparam(
                         f"u_{key}", [row[key] for row in rows], type_=ARRAY(table.c[key].type)
                     )
-                    for key in keys
+                    for key in varying
                 )
             )
-            .table_valued(*keys)
+            .table_valued(*varying)
             .render_derived(name="rows")
         )
-        unnested = pg_insert(table).from_select(keys, select(*(source.c[k] for k in keys)))
+        columns = {k: source.c[k] for k in varying} | {
+            k: bindparam(f"s_{k}", first[k], type_=table.c[k].type) for k in shared
+        }
+        unnested = pg_insert(table).from_select(
+            keys, select(*(columns[k] for k in keys)).select_from(source)
+        )
         conn.execute(on_conflict(unnested) if on_conflict is not None else unnested)
         return
     statement = sqlite_insert(table)
@@ -115,38 +124,40 @@ def _execute_many(
 
     ``Connection.execute`` with a list of 10,000 rows spends most of its time sending
     each value of each row through its column's bind processor; here a value that is
-    the same object in every row (the sync's ``now``) is processed once. The SQL is the
-    statement compiled for the connection's dialect, with the parameters of ``rows``.
+    the same object in every row (the sync's ``now``) is processed once, with the same
+    processors (the dialect's), so values are stored exactly as ``execute`` stores them.
     """
     if not rows:
         return
+    dialect = conn.dialect
     keys = list(rows[0])
-    compiled = statement.compile(dialect=conn.dialect, column_keys=keys)
+    compiled = statement.compile(dialect=dialect, column_keys=keys)
     processors = {
         key: processor
         for key in keys
-        if (processor := table.c[key].type.bind_processor(conn.dialect)) is not None
+        if (processor := table.c[key].type.dialect_impl(dialect).bind_processor(dialect))
     }
-    cache: dict[tuple[str, int], Any] = {}
+    first = rows[0]
+    shared: dict[str, Any] = {}
+    for key in keys:
+        if all(row[key] is first[key] for row in rows):
+            same = first[key]
+            shared[key] = processors[key](same) if key in processors and same is not None else same
 
-    def process(key: str, value: Any) -> Any:
-        if key not in processors or value is None:
-            return value
-        if isinstance(value, datetime):
-            found = cache.get((key, id(value)))
-            if found is None:
-                found = cache[key, id(value)] = processors[key](value)
-            return found
-        return processors[key](value)
+    def param(row: dict[str, Any], key: str) -> Any:
+        if key in shared:
+            return shared[key]
+        raw = row[key]
+        return processors[key](raw) if key in processors and raw is not None else raw
 
-    processed = [{key: process(key, row[key]) for key in keys} for row in rows]
+    names = list(compiled.positiontup or []) if compiled.positional else keys
+    processed = [tuple(param(row, name) for name in names) for row in rows]
     if compiled.positional:
-        names = compiled.positiontup or []
-        conn.exec_driver_sql(
-            compiled.string, [tuple(row[name] for name in names) for row in processed]
-        )
-    else:
         conn.exec_driver_sql(compiled.string, processed)
+    else:
+        conn.exec_driver_sql(
+            compiled.string, [dict(zip(names, row, strict=True)) for row in processed]
+        )
 
 
 @dataclass(frozen=True)
@@ -228,10 +239,11 @@ def _entitlements(
     query = select(subscriptions).where(subscriptions.c.status.is_not(None))
     for sub in _rows_in(conn, query, subscriptions.c.customer_id, wanted):
         by_customer[sub.customer_id].append(sub)
+    none = entitlement([], catalog, now)  # most customers of a sync have no subscription
     result: dict[str | None, Entitlement] = {
-        c: entitlement(subs, catalog, now) for c, subs in by_customer.items()
+        c: entitlement(subs, catalog, now) if subs else none for c, subs in by_customer.items()
     }
-    result[None] = entitlement([], catalog, now)
+    result[None] = none
     return result
 
 
