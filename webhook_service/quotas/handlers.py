@@ -67,7 +67,9 @@ def checkout_session_completed(event: StripeEvent, ctx: EventContext) -> Handler
     customer = object_id(session.get("customer"))
     if customer is None:
         raise missing(event, "customer")
-    # Lock order (see quotas/tenants.py): the customer, then the tenant rows by id.
+    # Lock order (see quotas/tenants.py): the customer, then the tenant rows by id. The
+    # insert before them waits only on another creation of this tenant, whose transaction
+    # holds no row of this customer's owner (only this customer's lock could give it one).
     lock_customer(ctx.conn, customer)
     created = ensure_tenant(ctx.conn, tenant_id, ctx.now)
     if created:
