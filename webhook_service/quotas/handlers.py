@@ -68,8 +68,8 @@ def checkout_session_completed(event: StripeEvent, ctx: EventContext) -> Handler
     if customer is None:
         raise missing(event, "customer")
     # Lock order (see quotas/tenants.py): the customer, then the tenant rows by id. The
-    # insert before them waits only on another creation of this tenant, whose transaction
-    # holds no row of this customer's owner (only this customer's lock could give it one).
+    # insert comes before them, while this transaction holds no tenant row: it can wait
+    # for another creation of this tenant, never in a cycle.
     lock_customer(ctx.conn, customer)
     created = ensure_tenant(ctx.conn, tenant_id, ctx.now)
     if created:
