@@ -24,8 +24,9 @@ from webhook_service.quotas.tenants import (
     History,
     customer_was_deleted,
     ensure_tenant,
-    get_tenant,
     link_customer,
+    lock_customer,
+    lock_link,
     tenant_for_customer,
     unlink_customer,
 )
@@ -68,15 +69,23 @@ def checkout_session_completed(event: StripeEvent, ctx: EventContext) -> Handler
     customer = object_id(session.get("customer"))
     if customer is None:
         raise missing(event, "customer")
-    history = _history(event, ctx)
-    history.watch(tenant_id)
-    history.watch_customer(customer)
-    if ensure_tenant(ctx.conn, tenant_id, ctx.now):
+    # Lock order (see quotas/tenants.py): the customer, then the tenant rows by id. The
+    # insert comes before them, while this transaction holds no tenant row: it can wait
+    # for another creation of this tenant, never in a cycle.
+    lock_customer(ctx.conn, customer)
+    created = ensure_tenant(ctx.conn, tenant_id, ctx.now)
+    if created:
         log.info("tenant_created_from_checkout", tenant_id=tenant_id)
+    rows = lock_link(ctx.conn, tenant_id, customer)
+    history = _history(event, ctx)
+    history.watch_rows(rows, created=tenant_id if created else None)
     if customer_was_deleted(ctx.conn, customer):
         log.warning("checkout_for_deleted_customer", event_id=event.id, customer_id=customer)
     else:
-        link_customer(ctx.conn, tenant_id, customer, ctx.now)
+        owner = next((row.id for row in rows if row.stripe_customer_id == customer), None)
+        link_customer(
+            ctx.conn, tenant_id, customer, ctx.now, previous_owner=owner, owner_known=True
+        )
     history.record()
     return HandlerResult("processed", tenant_id)
 
@@ -97,8 +106,10 @@ def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult
     paused/no longer paused.")
     """
     state = read_subscription(event, ctx.catalog.sells)
+    # Lock order: the customer, its tenant's row, then the subscription's row.
+    lock_customer(ctx.conn, state.customer_id)
     history = _history(event, ctx)
-    linked = history.watch_customer(state.customer_id)
+    linked = history.watch_customer(state.customer_id, lock=True)
     # The metadata matters only to link a customer no tenant has yet.
     meta_tenant = (
         _valid_tenant_id(event, state.metadata_tenant_id, "metadata.tenant_id")
@@ -107,11 +118,16 @@ def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult
     )
     relinked = False
     if meta_tenant is not None and not customer_was_deleted(ctx.conn, state.customer_id):
-        tenant = get_tenant(ctx.conn, meta_tenant)
-        if tenant is None or tenant.stripe_customer_id is None:
-            history.watch(meta_tenant)
-            ensure_tenant(ctx.conn, meta_tenant, ctx.now)
-            link_customer(ctx.conn, meta_tenant, state.customer_id, ctx.now)
+        created = ensure_tenant(ctx.conn, meta_tenant, ctx.now)
+        # No tenant has the customer (its lock is held): only the metadata's row is found.
+        tenant = next(
+            row
+            for row in lock_link(ctx.conn, meta_tenant, state.customer_id)
+            if row.id == meta_tenant
+        )
+        if tenant.stripe_customer_id is None:
+            history.watch_rows([tenant], created=meta_tenant if created else None)
+            link_customer(ctx.conn, meta_tenant, state.customer_id, ctx.now, owner_known=True)
             linked = meta_tenant
             relinked = True
 
@@ -153,7 +169,9 @@ def invoice_paid(event: StripeEvent, ctx: EventContext) -> HandlerResult:
         return HandlerResult("processed", tenant_for_customer(ctx.conn, customer))
     period = read_invoice_period(event)
     history = _history(event, ctx)
-    tenant_id = tenant_for_customer(ctx.conn, period.customer_id)
+    # Lock order: the customer, its tenant's row, then the subscription's row.
+    lock_customer(ctx.conn, period.customer_id)
+    tenant_id = tenant_for_customer(ctx.conn, period.customer_id, lock=True)
     # The quota before the change is read only if there is a change (a renewal invoice
     # usually follows the subscription event that moved the period already).
     if advance_period(
@@ -195,8 +213,9 @@ def customer_deleted(event: StripeEvent, ctx: EventContext) -> HandlerResult:
     customer = object_id(event.object.get("id"))
     if customer is None:
         raise missing(event, "id")
+    lock_customer(ctx.conn, customer)
     history = _history(event, ctx)
-    history.watch_customer(customer)
+    history.watch_customer(customer, lock=True)
     tenant_id = unlink_customer(ctx.conn, customer, ctx.now)
     history.record()
     return HandlerResult("processed", tenant_id)

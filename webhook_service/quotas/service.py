@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from webhook_service import metrics
 from webhook_service.db import Database
@@ -22,6 +24,7 @@ from webhook_service.errors import (
 from webhook_service.models import scan_spends, tenants, utcnow
 from webhook_service.plans import PlanCatalog
 from webhook_service.quotas.state import Usage, rfc3339, tenant_usage
+from webhook_service.quotas.sync import apply_sync
 from webhook_service.quotas.tenants import (
     API_KEY_RE,
     CUSTOMER_ID_RE,
@@ -36,7 +39,7 @@ from webhook_service.quotas.tenants import (
     key_count,
     link_customer,
     list_tenants,
-    replace_keys,
+    lock_all_customers,
     tenant_for_key,
 )
 from webhook_service.sql import Prepared, run
@@ -48,17 +51,24 @@ _PRIOR_SPEND = Prepared(
         scan_spends.c.idempotency_key == bindparam("b_key"),
     )
 )
-_RECORD_SPEND = Prepared(
-    insert(scan_spends),
-    column_keys=(
-        "tenant_id",
-        "count",
-        "spent_at",
-        "idempotency_key",
-        "request_sha256",
-        "response",
-    ),
-)
+# ON CONFLICT: a spend with the same idempotency key is never recorded twice, even by a
+# transaction that would not hold the tenant's lock; RETURNING says whether this one was.
+_RECORD_SPEND = {
+    name: Prepared(
+        dialect_insert(scan_spends)
+        .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+        .returning(scan_spends.c.id),
+        column_keys=(
+            "tenant_id",
+            "count",
+            "spent_at",
+            "idempotency_key",
+            "request_sha256",
+            "response",
+        ),
+    )
+    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+}
 MAX_SYNC_TENANTS = 10_000
 
 
@@ -235,6 +245,20 @@ def parse_sync_request(body: object) -> list[SyncEntry]:
     return entries
 
 
+def _prior_spend(
+    conn: Connection, tenant_id: str, idempotency_key: str, fingerprint: str
+) -> SpendResult | None:
+    """The first answer of a spend under ``idempotency_key``, if any; a different
+    request under the same key is refused (``IDEMPOTENCY_KEY_REUSED``)."""
+    prior = run(conn, _PRIOR_SPEND, {"b_tenant": tenant_id, "b_key": idempotency_key}).one_or_none()
+    if prior is None:
+        return None
+    # Rows from before migration 0004 have no fingerprint: replayed as before.
+    if prior.request_sha256 not in (None, fingerprint):
+        raise IdempotencyKeyReused()
+    return SpendResult(json.loads(prior.response), replayed=True)
+
+
 class QuotaService:
     """Every tenant-facing operation, each in one transaction."""
 
@@ -281,14 +305,9 @@ class QuotaService:
                 raise InvalidApiKey()
             fingerprint = spend_fingerprint(count)
             if idempotency_key is not None:
-                prior = run(
-                    conn, _PRIOR_SPEND, {"b_tenant": tenant.id, "b_key": idempotency_key}
-                ).one_or_none()
-                if prior is not None:
-                    # Rows from before migration 0004 have no fingerprint: replayed as before.
-                    if prior.request_sha256 not in (None, fingerprint):
-                        raise IdempotencyKeyReused()
-                    return SpendResult(json.loads(prior.response), replayed=True)
+                replay = _prior_spend(conn, tenant.id, idempotency_key, fingerprint)
+                if replay is not None:
+                    return replay
             now = self.clock()
             usage = tenant_usage(conn, tenant.id, row.stripe_customer_id, self.catalog, now)
             if usage.scans_remaining < count:
@@ -299,9 +318,9 @@ class QuotaService:
                     quota_reset_date=rfc3339(reset),
                 )
             body = Usage(tenant.id, usage.entitlement, usage.scans_used + count).body()
-            run(
+            recorded = run(
                 conn,
-                _RECORD_SPEND,
+                _RECORD_SPEND[conn.dialect.name],
                 {
                     "tenant_id": tenant.id,
                     "count": count,
@@ -310,35 +329,27 @@ class QuotaService:
                     "request_sha256": fingerprint if idempotency_key is not None else None,
                     "response": json.dumps(body),
                 },
-            )
+            ).first()
+            if recorded is None and idempotency_key is not None:
+                # The same key was spent meanwhile: answer as it was (or refuse a reuse).
+                replay = _prior_spend(conn, tenant.id, idempotency_key, fingerprint)
+                if replay is None:  # a conflict is a committed row: never reached
+                    raise RuntimeError("a spend's idempotency key conflicted with no row")
+                return replay
         metrics.SCAN_SPENDS.inc(count)
         return SpendResult(body, replayed=False)
 
     def sync(self, entries: Sequence[SyncEntry]) -> SyncResult:
-        """Apply a validated sync request, all or nothing."""
-        created = 0
+        """Apply a validated sync request, all or nothing, in set-based statements.
+
+        Per entry: the tenant is created if new and gets ``active``; ``api_keys`` (and
+        ``api_key_sha256``) replace its key set (a key moves if another tenant had it);
+        inactive revokes every key; a customer given moves to it from any other tenant
+        (``customer_relinked``), none given leaves its link. See quotas/sync.py.
+        """
         with self.database.transaction(write=True) as conn:
-            now = self.clock()
-            history = History(conn, self.catalog, now, source="sync")
-            for entry in entries:
-                history.watch(entry.tenant_id)
-            for entry in entries:
-                if entry.customer_id:
-                    history.watch_customer(entry.customer_id)
-            for entry in entries:
-                created += ensure_tenant(conn, entry.tenant_id, now)
-                conn.execute(
-                    update(tenants)
-                    .where(tenants.c.id == entry.tenant_id)
-                    .values(active=entry.active, updated_at=now)
-                )
-                if not entry.active:
-                    replace_keys(conn, entry.tenant_id, (), now)
-                elif entry.key_hashes is not None:
-                    replace_keys(conn, entry.tenant_id, entry.key_hashes, now)
-                if entry.customer_id:
-                    link_customer(conn, entry.tenant_id, entry.customer_id, now)
-            history.record()
+            lock_all_customers(conn)  # links move: no event of any customer meanwhile
+            created = apply_sync(conn, entries, self.catalog, self.clock())
         return SyncResult(len(entries), created, len(entries) - created)
 
     def list_tenants(self) -> list[tuple[Any, Usage, int]]:
@@ -366,6 +377,7 @@ class QuotaService:
         """Create or update a tenant from the CLI, adding one key; True if created."""
         with self.database.transaction(write=True) as conn:
             now = self.clock()
+            lock_all_customers(conn)  # the same lock order as a sync
             history = History(conn, self.catalog, now, source="cli")
             history.watch(tenant_id)
             history.watch_customer(customer_id)

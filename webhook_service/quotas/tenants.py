@@ -2,6 +2,20 @@
 
 Every function works inside the caller's transaction. :class:`History` records each
 change of a tenant's plan, status or period with what caused it.
+
+Concurrency (PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises writers already). A
+Stripe customer's first events arrive within milliseconds on different workers, so
+every write that can meet a concurrent copy is race-free by construction:
+
+* inserts are ``INSERT ... ON CONFLICT`` (a concurrent insert of the same key waits for
+  the first one, then does nothing);
+* locks are taken in one global order: the event's own log row, then the customer
+  (:func:`lock_customer`: a transaction-scoped advisory lock, after a shared lock on
+  every customer that a sync takes exclusively with :func:`lock_all_customers`), then
+  tenant rows (``FOR UPDATE``, sorted by id), then subscription rows. A transaction
+  that links, unlinks or mirrors anything of a customer holds that customer's lock
+  first, so the link of a customer cannot change under it, and the entitlement a
+  :class:`History` reads before and after a change is not moved by another event.
 """
 
 from __future__ import annotations
@@ -14,7 +28,9 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from webhook_service.models import api_keys, stripe_events, tenant_changes, tenants
 from webhook_service.plans import PlanCatalog
@@ -43,9 +59,42 @@ _TENANT_FOR_KEY = Prepared(
     .select_from(api_keys.join(tenants, api_keys.c.tenant_id == tenants.c.id))
     .where(api_keys.c.key_sha256 == bindparam("b_hash"), tenants.c.active.is_(True))
 )
-_TENANT_FOR_CUSTOMER = Prepared(
-    select(tenants.c.id).where(tenants.c.stripe_customer_id == bindparam("b_customer"))
+_TENANT_FOR_CUSTOMER_QUERY = select(tenants.c.id).where(
+    tenants.c.stripe_customer_id == bindparam("b_customer")
 )
+_TENANT_FOR_CUSTOMER = Prepared(_TENANT_FOR_CUSTOMER_QUERY)
+_TENANT_FOR_CUSTOMER_FOR_UPDATE = Prepared(_TENANT_FOR_CUSTOMER_QUERY.with_for_update())
+# The tenant and the present owner of a customer, locked in the order of their ids.
+_LINK_ROWS = Prepared(
+    select(tenants.c.id, tenants.c.stripe_customer_id)
+    .where(
+        or_(
+            tenants.c.id == bindparam("b_tenant"),
+            tenants.c.stripe_customer_id == bindparam("b_customer"),
+        )
+    )
+    .order_by(tenants.c.id)
+    .with_for_update()
+)
+_NEW_TENANT_COLUMNS = ("id", "stripe_customer_id", "active", "created_at", "updated_at")
+_ENSURE_TENANT = {
+    name: Prepared(
+        dialect_insert(tenants)
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(tenants.c.id),
+        column_keys=_NEW_TENANT_COLUMNS,
+    )
+    for name, dialect_insert in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+}
+# The customer's lock, taken after the shared lock on all customers (the subquery runs
+# first, so the order is fixed); a sync takes the lock on all customers exclusively.
+_LOCK_CUSTOMER = Prepared(
+    text(
+        "SELECT pg_advisory_xact_lock(:b_customer_key) FROM "
+        "(SELECT pg_advisory_xact_lock_shared(:b_all_key) OFFSET 0) AS all_customers_first"
+    )
+)
+_LOCK_ALL_CUSTOMERS = Prepared(text("SELECT pg_advisory_xact_lock(:b_all_key)"))
 _CUSTOMER_DELETED = Prepared(
     select(stripe_events.c.id)
     .where(
@@ -73,6 +122,46 @@ _CHANGE_COLUMNS = (
 _RECORD_CHANGE = Prepared(insert(tenant_changes), column_keys=_CHANGE_COLUMNS)
 
 
+def advisory_key(name: str) -> int:
+    """A signed 64-bit advisory lock key for ``name`` (a collision only serialises more)."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big", signed=True)
+
+
+ALL_CUSTOMERS_KEY = advisory_key("nat:all-customers")
+
+
+def lock_customer(conn: Connection, customer_id: str | None) -> None:
+    """Hold ``customer_id``'s lock until the transaction ends (PostgreSQL; SQLite: no-op).
+
+    Taken before any tenant or subscription row, by every transaction that links,
+    unlinks or mirrors something of that customer.
+    """
+    if customer_id and conn.dialect.name == "postgresql":
+        run(
+            conn,
+            _LOCK_CUSTOMER,
+            {
+                "b_customer_key": advisory_key("nat:customer:" + customer_id),
+                "b_all_key": ALL_CUSTOMERS_KEY,
+            },
+        )
+
+
+def lock_all_customers(conn: Connection) -> None:
+    """Hold every customer's lock (a sync, the CLI): waits for events in progress."""
+    if conn.dialect.name == "postgresql":
+        run(conn, _LOCK_ALL_CUSTOMERS, {"b_all_key": ALL_CUSTOMERS_KEY})
+
+
+def lock_link(conn: Connection, tenant_id: str, customer_id: str) -> list[Any]:
+    """Lock ``tenant_id`` and the tenant that has ``customer_id`` (in the order of their ids).
+
+    Called with the customer's lock held: no other transaction can give the customer
+    to a tenant meanwhile, so the rows found are all the rows a link changes.
+    """
+    return run(conn, _LINK_ROWS, {"b_tenant": tenant_id, "b_customer": customer_id}).all()
+
+
 def get_tenant(conn: Connection, tenant_id: str, *, lock: bool = False) -> Any:
     query = _TENANT_FOR_UPDATE if lock and conn.dialect.name != "sqlite" else _TENANT
     return run(conn, query, {"b_tenant": tenant_id}).one_or_none()
@@ -83,12 +172,14 @@ def tenant_for_key(conn: Connection, key_sha256: str) -> Any:
     return run(conn, _TENANT_FOR_KEY, {"b_hash": key_sha256}).one_or_none()
 
 
-def tenant_for_customer(conn: Connection, customer_id: str | None) -> str | None:
+def tenant_for_customer(
+    conn: Connection, customer_id: str | None, *, lock: bool = False
+) -> str | None:
+    """The tenant linked to ``customer_id``; ``lock``: lock its row (after the customer's)."""
     if not customer_id:
         return None
-    found: str | None = run(
-        conn, _TENANT_FOR_CUSTOMER, {"b_customer": customer_id}
-    ).scalar_one_or_none()
+    query = _TENANT_FOR_CUSTOMER_FOR_UPDATE if lock else _TENANT_FOR_CUSTOMER
+    found: str | None = run(conn, query, {"b_customer": customer_id}).scalar_one_or_none()
     return found
 
 
@@ -104,20 +195,40 @@ def customer_was_deleted(conn: Connection, customer_id: str) -> bool:
 
 
 def ensure_tenant(conn: Connection, tenant_id: str, now: datetime) -> bool:
-    """Create the tenant (active, without keys) if it does not exist; True if created."""
-    if get_tenant(conn, tenant_id) is not None:
-        return False
-    conn.execute(
-        insert(tenants).values(
-            id=tenant_id, stripe_customer_id=None, active=True, created_at=now, updated_at=now
-        )
+    """Create the tenant (active, without keys) if it does not exist; True if created.
+
+    ``INSERT ... ON CONFLICT DO NOTHING``: a concurrent creation of the same tenant
+    waits for the first one to commit, then finds it there.
+    """
+    inserted = run(
+        conn,
+        _ENSURE_TENANT[conn.dialect.name],
+        {
+            "id": tenant_id,
+            "stripe_customer_id": None,
+            "active": True,
+            "created_at": now,
+            "updated_at": now,
+        },
     )
-    return True
+    return inserted.first() is not None
 
 
-def link_customer(conn: Connection, tenant_id: str, customer_id: str, now: datetime) -> None:
-    """Make ``customer_id`` the tenant's customer (taking it from any other tenant)."""
-    previous_owner = tenant_for_customer(conn, customer_id)
+def link_customer(
+    conn: Connection,
+    tenant_id: str,
+    customer_id: str,
+    now: datetime,
+    *,
+    previous_owner: str | None = None,
+    owner_known: bool = False,
+) -> None:
+    """Make ``customer_id`` the tenant's customer (taking it from any other tenant).
+
+    ``owner_known``: ``previous_owner`` was read under the customer's lock (lock_link).
+    """
+    if not owner_known:
+        previous_owner = tenant_for_customer(conn, customer_id)
     if previous_owner == tenant_id:
         return
     if previous_owner is not None:
@@ -148,18 +259,6 @@ def unlink_customer(conn: Connection, customer_id: str, now: datetime) -> str | 
             .values(stripe_customer_id=None, updated_at=now)
         )
     return tenant_id
-
-
-def replace_keys(conn: Connection, tenant_id: str, hashes: Iterable[str], now: datetime) -> None:
-    """Make ``hashes`` the tenant's whole set of valid keys (a key moves if another had it)."""
-    wanted = set(hashes)
-    conn.execute(delete(api_keys).where(api_keys.c.tenant_id == tenant_id))
-    if wanted:
-        conn.execute(delete(api_keys).where(api_keys.c.key_sha256.in_(wanted)))
-        conn.execute(
-            insert(api_keys),
-            [{"key_sha256": h, "tenant_id": tenant_id, "created_at": now} for h in sorted(wanted)],
-        )
 
 
 def add_key(conn: Connection, tenant_id: str, key_sha256: str, now: datetime) -> None:
@@ -212,11 +311,22 @@ class History:
                 else tenant_entitlement(self.conn, row.stripe_customer_id, self.catalog, self.now)
             )
 
-    def watch_customer(self, customer_id: str | None) -> str | None:
-        """Watch the tenant linked to ``customer_id``; return that tenant (or None)."""
-        tenant_id = tenant_for_customer(self.conn, customer_id)
+    def watch_customer(self, customer_id: str | None, *, lock: bool = False) -> str | None:
+        """Watch the tenant linked to ``customer_id``; return that tenant (or None).
+
+        ``lock``: lock its row first (the customer's lock is held).
+        """
+        tenant_id = tenant_for_customer(self.conn, customer_id, lock=lock)
         self.watch_linked(tenant_id, customer_id)
         return tenant_id
+
+    def watch_rows(self, rows: Iterable[Any], created: str | None = None) -> None:
+        """Watch tenants from rows already read (and locked); ``created`` was just made."""
+        for row in rows:
+            if row.id == created:
+                self._before.setdefault(row.id, None)
+            else:
+                self.watch_linked(row.id, row.stripe_customer_id)
 
     def watch_linked(self, tenant_id: str | None, customer_id: str | None) -> None:
         """Watch ``tenant_id``, known to be linked to ``customer_id`` (no need to read it)."""
