@@ -101,13 +101,7 @@ def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Ent
             best = candidate
     if best is not None:
         quota, _, sub, plan = best
-        window = billing_window(
-            sub.current_period_start,
-            sub.current_period_end,
-            sub.price_interval,
-            sub.price_interval_count,
-            now,
-        )
+        window = billing_window(sub.current_period_start, sub.current_period_end, now)
         return Entitlement(plan.name, sub.status, quota, window, now < window.end)
     latest = max(subs, key=lambda s: (s.state_created or 0, s.updated_at), default=None)
     default = catalog.default_plan
