@@ -267,7 +267,7 @@ class QuotaService:
                 {
                     "tenant_id": tenant.id,
                     "count": count,
-                    "spent_at": now,
+                    "spent_at": usage.entitlement.spend_time(now),
                     "idempotency_key": idempotency_key,
                     "response": json.dumps(body),
                 },
