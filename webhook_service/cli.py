@@ -350,12 +350,37 @@ def events_reprocess(ctx: Context, event_ids: tuple[str, ...], all_failed: bool)
 @events.command("prune")
 @click.option("--older-than", "older_than", required=True, help="Age, e.g. 90d.")
 @click.option("--include-failed", is_flag=True, help="Also delete failed events.")
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(1, 100_000),
+    help="Events deleted per transaction [default: 1000 on SQLite, 20000 on PostgreSQL].",
+)
 @pass_context
-def events_prune(ctx: Context, older_than: str, include_failed: bool) -> None:
-    """Delete events received longer ago than --older-than (failed ones are kept)."""
+def events_prune(
+    ctx: Context, older_than: str, include_failed: bool, batch_rows: int | None
+) -> None:
+    """Delete events received longer ago than --older-than (failed ones are kept).
+
+    In batches, each its own short transaction: deliveries are answered meanwhile.
+    """
     cutoff = datetime.now(UTC) - parse_duration(older_than)
-    deleted = ctx.event_log().prune(cutoff, include_failed=include_failed)
-    click.echo(f"deleted {deleted} events received before {_when(cutoff)}")
+    progress = [0, 0]  # events deleted, batches
+
+    def on_batch(deleted: int) -> None:
+        progress[0] += deleted
+        progress[1] += 1
+
+    try:
+        deleted = ctx.event_log().prune(
+            cutoff, include_failed=include_failed, batch_rows=batch_rows, on_batch=on_batch
+        )
+    except SQLAlchemyError as exc:
+        fail(
+            f"prune stopped after deleting {progress[0]} events in {progress[1]} batches: "
+            + database_error_line(exc, ctx.database_url),
+            1,
+        )
+    click.echo(f"deleted {deleted} events received before {_when(cutoff)} in {progress[1]} batches")
 
 
 @events.command("reconcile")
