@@ -2,7 +2,9 @@
 
 It answers the few endpoints the service calls with Stripe-shaped bodies, records every
 request (method, path, form or query parameters, headers), and can be told to answer
-the next call to a path with a given status and body, or to stall (for timeouts).
+the next call to a path with a given status, body and headers, or to stall (for
+timeouts). The events listing can misbehave on purpose: ignore its filters
+(``filter_events``), or be answered by a function of the query (``events_pages``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +34,7 @@ class Scripted:
     status: int
     body: dict[str, Any]
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -43,14 +46,26 @@ class StripeStub:
     scripted: dict[tuple[str, str], deque[Scripted]] = field(
         default_factory=lambda: defaultdict(deque)
     )
+    # False: list every event whatever created[gte] and types ask (a server that does
+    # not filter). A function: answers GET /v1/events from its query parameters.
+    filter_events: bool = True
+    events_pages: Callable[[dict[str, str]], dict[str, Any]] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _counter: int = 0
 
     def respond(
-        self, method: str, path: str, status: int, body: dict[str, Any], delay: float = 0.0
+        self,
+        method: str,
+        path: str,
+        status: int,
+        body: dict[str, Any],
+        delay: float = 0.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        """Answer the next ``method path`` with ``status`` and ``body``."""
-        self.scripted[(method.upper(), path)].append(Scripted(status, body, delay))
+        """Answer the next ``method path`` with ``status``, ``body`` and ``headers``."""
+        self.scripted[(method.upper(), path)].append(
+            Scripted(status, body, delay, dict(headers or {}))
+        )
 
     def calls(self, method: str, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == method.upper() and r.path == path]
@@ -62,13 +77,21 @@ class StripeStub:
 
     # -- default answers, shaped like Stripe's ------------------------------------
 
-    def answer(self, method: str, path: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def answer(
+        self, method: str, path: str, params: dict[str, str]
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
         queue = self.scripted.get((method, path))
         if queue:
             scripted = queue.popleft()
             if scripted.delay:
                 time.sleep(scripted.delay)
-            return scripted.status, scripted.body
+            return scripted.status, scripted.body, scripted.headers
+        status, body = self._default_answer(method, path, params)
+        return status, body, {}
+
+    def _default_answer(
+        self, method: str, path: str, params: dict[str, str]
+    ) -> tuple[int, dict[str, Any]]:
         if method == "POST" and path == "/v1/checkout/sessions":
             session_id = self.next_id("cs_test")
             return 200, {
@@ -93,6 +116,8 @@ class StripeStub:
             data = [{"id": self.prices[key], "object": "price"}] if key in self.prices else []
             return 200, {"object": "list", "data": data, "has_more": False, "url": "/v1/prices"}
         if method == "GET" and path == "/v1/events":
+            if self.events_pages is not None:
+                return 200, self.events_pages(params)
             return 200, self._events_page(params)
         return 404, {
             "error": {
@@ -105,12 +130,14 @@ class StripeStub:
         gte = int(params.get("created[gte]", "0"))
         types = {v for k, v in params.items() if k.startswith("types[")}
         matching = [
-            e for e in self.events if e["created"] >= gte and (not types or e["type"] in types)
+            e
+            for e in self.events
+            if not self.filter_events or (e["created"] >= gte and (not types or e["type"] in types))
         ]
         after = params.get("starting_after")
         if after:
-            index = next(i for i, e in enumerate(matching) if e["id"] == after)
-            matching = matching[index + 1 :]
+            ids = [e.get("id") if isinstance(e, dict) else None for e in matching]
+            matching = matching[ids.index(after) + 1 :] if after in ids else []
         limit = int(params.get("limit", "10"))
         return {
             "object": "list",
@@ -132,9 +159,11 @@ def _handler(stub: StripeStub) -> type[BaseHTTPRequestHandler]:
                     self.command, url.path, params, {k: v for k, v in self.headers.items()}
                 )
             )
-            status, body = stub.answer(self.command, url.path, params)
+            status, body, headers = stub.answer(self.command, url.path, params)
             data = json.dumps(body).encode("utf-8")
             self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Request-Id", f"req_stub{len(stub.requests):06d}")

@@ -19,7 +19,13 @@ import stripe
 from dotenv import find_dotenv, load_dotenv
 from sqlalchemy.exc import SQLAlchemyError
 
-from webhook_service.billing.reconcile import RETENTION_DAYS, reconcile
+from webhook_service.billing.reconcile import (
+    MAX_PAGES,
+    MAX_SECONDS,
+    RETENTION_DAYS,
+    Bounds,
+    reconcile,
+)
 from webhook_service.billing.stripe_api import StripeGateway
 from webhook_service.config import ConfigError, Settings, load_settings, redact_url
 from webhook_service.db import Database
@@ -386,9 +392,35 @@ def events_prune(
 @events.command("reconcile")
 @click.option("--since", default="3d", show_default=True, help="How far back, e.g. 3d or 12h.")
 @click.option("--dry-run", is_flag=True, help="List what would be applied; change nothing.")
+@click.option(
+    "--max-pages",
+    default=MAX_PAGES,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Stop after this many pages of 100 events.",
+)
+@click.option(
+    "--max-seconds",
+    default=MAX_SECONDS,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Stop asking for pages after this long.",
+)
+@click.option("--starting-after", help="Continue a stopped run after this event id.")
 @pass_context
-def events_reconcile(ctx: Context, since: str, dry_run: bool) -> None:
-    """Pull missed events from Stripe's events API through the same pipeline."""
+def events_reconcile(
+    ctx: Context,
+    since: str,
+    dry_run: bool,
+    max_pages: int,
+    max_seconds: float,
+    starting_after: str | None,
+) -> None:
+    """Pull missed events from Stripe's events API through the same pipeline.
+
+    Page by page (what was applied stays applied if a later page fails), bounded in
+    pages and time; exits 1 if anything failed or the listing was not read to its end.
+    """
     settings = ctx.settings
     if not settings.stripe_api_key:
         fail("STRIPE_API_KEY is not set: reconciliation reads Stripe's events API")
@@ -406,12 +438,14 @@ def events_reconcile(ctx: Context, since: str, dry_run: bool) -> None:
             ctx.event_log(),
             datetime.now(UTC) - window,
             dry_run=dry_run,
+            bounds=Bounds(max_pages=max_pages, max_seconds=max_seconds),
+            starting_after=starting_after,
             report=click.echo,
         )
     except ServiceError as exc:
         fail(f"reconciliation stopped: {exc.message}", 1)
     click.echo(("dry run: " if dry_run else "") + summary.line(), err=True)
-    if summary.failed:
+    if not summary.complete:
         sys.exit(1)
 
 

@@ -133,6 +133,16 @@ class StripeUnavailable(ServiceError):
     default_message = "Stripe did not answer in time. Retry later."
 
 
+class StripeRateLimited(StripeUnavailable):
+    """Stripe answered 429; ``retry_after`` is its Retry-After in seconds, if it sent one."""
+
+    default_message = "Stripe is limiting this service's request rate. Retry later."
+
+    def __init__(self, retry_after: float | None = None) -> None:
+        super().__init__()
+        self.retry_after = retry_after
+
+
 _HTTP_CODES = {
     400: "BAD_REQUEST",
     404: "NOT_FOUND",

@@ -9,13 +9,17 @@ request id is logged with every call.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import stripe
 import structlog
 
-from webhook_service.errors import BillingNotConfigured, StripeRequestFailed, StripeUnavailable
+from webhook_service.errors import (
+    BillingNotConfigured,
+    StripeRateLimited,
+    StripeRequestFailed,
+    StripeUnavailable,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +31,18 @@ EVENTS_PAGE_SIZE = 100
 
 def _request_id(exc: stripe.StripeError) -> str | None:
     return exc.request_id if isinstance(exc.request_id, str) else None
+
+
+def _retry_after(exc: stripe.StripeError) -> float | None:
+    """Stripe's Retry-After (seconds) on a 429, if it sent a usable one."""
+    for name, value in (exc.headers or {}).items():
+        if name.lower() == "retry-after":
+            try:
+                seconds = float(value)
+            except (TypeError, ValueError):
+                return None
+            return seconds if 0 <= seconds < float("inf") else None
+    return None
 
 
 class StripeGateway:
@@ -77,7 +93,12 @@ class StripeGateway:
                 stripe_request_id=_request_id(exc),
             )
             raise StripeUnavailable("Stripe refused this service's API key.") from None
-        except (stripe.RateLimitError, stripe.APIConnectionError, stripe.APIError) as exc:
+        except stripe.RateLimitError as exc:
+            log.warning(
+                "stripe_rate_limited", operation=operation, stripe_request_id=_request_id(exc)
+            )
+            raise StripeRateLimited(_retry_after(exc)) from None
+        except (stripe.APIConnectionError, stripe.APIError) as exc:
             log.warning(
                 "stripe_unavailable",
                 operation=operation,
@@ -140,21 +161,16 @@ class StripeGateway:
             return price_id if isinstance(price_id, str) else None
         return None
 
-    def events_since(self, created_gte: int, types: list[str]) -> Iterator[dict[str, Any]]:
-        """Every event created at or after ``created_gte`` of ``types``, newest first."""
-        starting_after: str | None = None
-        while True:
-            params: dict[str, Any] = {
-                "limit": EVENTS_PAGE_SIZE,
-                "created": {"gte": created_gte},
-                "types": types,
-            }
-            if starting_after:
-                params["starting_after"] = starting_after
-            page = self._call("events.list", "get", "/v1/events", **params)
-            data = page.get("data")
-            events = [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
-            yield from events
-            if not page.get("has_more") or not events:
-                return
-            starting_after = str(events[-1]["id"])
+    def events_page(
+        self, created_gte: int, types: list[str], starting_after: str | None = None
+    ) -> dict[str, Any]:
+        """One page of events created at or after ``created_gte`` of ``types``, newest
+        first, after the event ``starting_after``: Stripe's list body, unchecked."""
+        params: dict[str, Any] = {
+            "limit": EVENTS_PAGE_SIZE,
+            "created": {"gte": created_gte},
+            "types": types,
+        }
+        if starting_after:
+            params["starting_after"] = starting_after
+        return self._call("events.list", "get", "/v1/events", **params)
