@@ -349,7 +349,7 @@ class EventLog:
         # dead entries) of batches already deleted, and the DELETE is a range scan.
         batch_end = (
             select(received_at)
-            .where(condition, received_at > after)
+            .where(received_at < older_than, received_at > after)
             .order_by(received_at)
             .offset(rows - 1)
             .limit(1)
@@ -360,6 +360,12 @@ class EventLog:
         deleted = 0
         while True:
             with self.database.transaction(write=True) as conn:
+                if not self.database.is_sqlite:
+                    # Walk the received_at index in order, whatever the statistics say:
+                    # stale ones (a table just loaded or pruned) make the planner sort
+                    # every old row for each batch's end instead.
+                    conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+                    conn.exec_driver_sql("SET LOCAL enable_sort = off")
                 end = conn.execute(batch_end, {"b_after": position}).scalar_one_or_none()
                 if end is None:
                     count = conn.execute(last_batch, {"b_after": position}).rowcount
