@@ -56,7 +56,7 @@ def test_prune_deletes_in_bounded_batches(database: Database) -> None:
     """Delete old events a batch at a time, keeping recent and failed ones."""
     now = datetime.now(UTC)
     store_events(database, 2_500, now - timedelta(days=120))
-    store_events(database, 3, now - timedelta(days=120), outcome="failed")
+    store_events(database, 3, now - timedelta(days=100), outcome="failed")
     store_events(database, 7, now - timedelta(days=10))
     log = EventLog(database, build_router(), load_settings({}).catalog)
     batches: list[int] = []
