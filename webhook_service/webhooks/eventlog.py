@@ -38,7 +38,8 @@ DONE_OUTCOMES = ("processed", "ignored", "stale")
 ReceiptOutcome = Literal["processed", "duplicate", "ignored", "stale"]
 MAX_ERROR_LENGTH = 2000
 # events prune: rows deleted per transaction (SQLite: a few ms of write lock), and the
-# pause between SQLite batches that lets queued deliveries take the lock.
+# least pause between SQLite batches (at least as long as the batch took), so queued
+# deliveries take the lock in turn and the job never holds it more than half the time.
 PRUNE_BATCH_ROWS_SQLITE = 1_000
 PRUNE_BATCH_ROWS_POSTGRES = 20_000
 PRUNE_PAUSE_S = 0.005
@@ -331,7 +332,8 @@ class EventLog:
         In batches of about ``batch_rows`` events, oldest first, each its own short
         transaction, so a delivery waits at most one batch for the write lock (SQLite's
         lock is the whole file's: one DELETE of 500k rows held it ~15 s). On SQLite the
-        job pauses between batches, so queued writers get the lock in turn. A batch ends
+        job pauses between batches as long as the batch took, so queued writers get the
+        lock in turn and deliveries keep at least half the write capacity. A batch ends
         at the received time of its ``batch_rows``-th event, so events received in the
         same microsecond go together. ``on_batch`` is told each batch's count. Always
         ends: it moves forward in received time, and new events arrive after the cutoff.
@@ -359,6 +361,7 @@ class EventLog:
         position = datetime.min.replace(tzinfo=UTC)
         deleted = 0
         while True:
+            started = time.monotonic()
             with self.database.transaction(write=True) as conn:
                 if not self.database.is_sqlite:
                     # Walk the received_at index in order, whatever the statistics say:
@@ -378,4 +381,4 @@ class EventLog:
                 return deleted
             position = end
             if self.database.is_sqlite:
-                time.sleep(PRUNE_PAUSE_S)
+                time.sleep(max(PRUNE_PAUSE_S, time.monotonic() - started))
