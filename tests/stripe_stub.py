@@ -4,6 +4,8 @@ It answers the few endpoints the service calls with Stripe-shaped bodies, record
 request (method, path, form or query parameters, headers), and can be told to answer
 the next call to a path with a given status, body (JSON or raw bytes) and headers, after
 a delay, or to stall every call to a path until released (for timeouts and deadlines).
+The events listing can misbehave on purpose: ignore its filters
+(``filter_events``), or be answered by a function of the query (``events_pages``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -55,6 +57,10 @@ class StripeStub:
     # Idempotency-Key -> (params, status, body) of the first POST with it, as Stripe keeps.
     idempotent: dict[str, tuple[dict[str, str], int, dict[str, Any]]] = field(default_factory=dict)
     stalled: dict[tuple[str, str], threading.Event] = field(default_factory=dict)
+    # False: list every event whatever created[gte] and types ask (a server that does
+    # not filter). A function: answers GET /v1/events from its query parameters.
+    filter_events: bool = True
+    events_pages: Callable[[dict[str, str]], dict[str, Any]] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _counter: int = 0
 
@@ -180,6 +186,8 @@ class StripeStub:
                 return 200, self.products[product_id]
             return 404, _missing("product", product_id)
         if method == "GET" and path == "/v1/events":
+            if self.events_pages is not None:
+                return 200, self.events_pages(params)
             return 200, self._events_page(params)
         return 404, {
             "error": {
@@ -244,12 +252,14 @@ class StripeStub:
         gte = int(params.get("created[gte]", "0"))
         types = {v for k, v in params.items() if k.startswith("types[")}
         matching = [
-            e for e in self.events if e["created"] >= gte and (not types or e["type"] in types)
+            e
+            for e in self.events
+            if not self.filter_events or (e["created"] >= gte and (not types or e["type"] in types))
         ]
         after = params.get("starting_after")
         if after:
-            index = next(i for i, e in enumerate(matching) if e["id"] == after)
-            matching = matching[index + 1 :]
+            ids = [e.get("id") if isinstance(e, dict) else None for e in matching]
+            matching = matching[ids.index(after) + 1 :] if after in ids else []
         limit = int(params.get("limit", "10"))
         return {
             "object": "list",

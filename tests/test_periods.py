@@ -178,21 +178,60 @@ def test_monthly_windows_tile_a_long_period(start: datetime, years: int, million
 
 
 @pytest.mark.parametrize(
-    ("interval", "count", "expected"),
+    ("period", "now", "expected"),
     [
-        ("month", 1, Window(d(2025, 1, 31), d(2025, 7, 31))),
-        ("week", 26, Window(d(2025, 1, 31), d(2025, 7, 31))),
-        (None, None, Window(d(2025, 1, 31), d(2025, 7, 31))),
-        ("month", 6, Window(d(2025, 3, 31), d(2025, 4, 30))),
-        ("year", 1, Window(d(2025, 3, 31), d(2025, 4, 30))),
+        # A yearly period: monthly windows.
+        ((d(2025, 1, 31), d(2026, 1, 31)), d(2025, 4, 15), Window(d(2025, 3, 31), d(2025, 4, 30))),
+        # A 60-day trial (on any price): two months, then the day left.
+        ((d(2025, 1, 10), d(2025, 3, 11)), d(2025, 1, 20), Window(d(2025, 1, 10), d(2025, 2, 10))),
+        ((d(2025, 1, 10), d(2025, 3, 11)), d(2025, 2, 10), Window(d(2025, 2, 10), d(2025, 3, 10))),
+        ((d(2025, 1, 10), d(2025, 3, 11)), d(2025, 3, 10), Window(d(2025, 3, 10), d(2025, 3, 11))),
+        # Six months of a monthly price (e.g. a billing anchor far ahead): six windows.
+        ((d(2025, 1, 31), d(2025, 7, 31)), d(2025, 4, 15), Window(d(2025, 3, 31), d(2025, 4, 30))),
+        # 26 weeks: monthly windows, the last clipped at the period end.
+        ((d(2025, 1, 1), d(2025, 7, 2)), d(2025, 7, 1, 12), Window(d(2025, 7, 1), d(2025, 7, 2))),
+        # 32 days: a month, then one day.
+        ((d(2025, 3, 1), d(2025, 4, 2)), d(2025, 4, 1, 12), Window(d(2025, 4, 1), d(2025, 4, 2))),
+        # A monthly price anchored on the 31st: Feb 28 -> Mar 31 is one month (31 days).
+        ((d(2025, 2, 28), d(2025, 3, 31)), d(2025, 3, 30), Window(d(2025, 2, 28), d(2025, 3, 31))),
+        ((d(2025, 1, 31), d(2025, 2, 28)), d(2025, 2, 1), Window(d(2025, 1, 31), d(2025, 2, 28))),
+        # A week, a 7-day trial, one day: the period itself.
+        ((d(2025, 5, 5), d(2025, 5, 12)), d(2025, 5, 6), Window(d(2025, 5, 5), d(2025, 5, 12))),
+        ((d(2025, 5, 5), d(2025, 5, 6)), d(2025, 5, 5, 1), Window(d(2025, 5, 5), d(2025, 5, 6))),
     ],
 )
-def test_billing_window_cuts_only_periods_longer_than_a_month(
-    interval: str | None, count: int | None, expected: Window
+def test_billing_window_cuts_periods_longer_than_a_month(
+    period: tuple[datetime, datetime], now: datetime, expected: Window
 ) -> None:
-    """Use the period itself for monthly (or shorter) prices, monthly windows otherwise."""
-    now = d(2025, 4, 15)
-    assert billing_window(d(2025, 1, 31), d(2025, 7, 31), interval, count, now) == expected
+    """Cut by the period's length, whatever the price: longer than 31 days into months."""
+    assert billing_window(*period, now) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    start=st.datetimes(min_value=naive(2020), max_value=naive(2030), timezones=st.just(UTC)).map(
+        lambda t: t.replace(microsecond=0)
+    ),
+    seconds=st.integers(1, 800 * 86400),
+)
+def test_billing_windows_of_any_period_tile_it_a_month_at_most_each(
+    start: datetime, seconds: int
+) -> None:
+    """Tile any period with windows of at most a month, anchored at its start."""
+    end = start + timedelta(seconds=seconds)
+    tiles: list[Window] = []
+    cursor = start
+    while cursor < end:
+        window = billing_window(start, end, cursor)
+        assert window.start == cursor < window.end <= end
+        tiles.append(window)
+        cursor = window.end
+    assert tiles[-1].end == end
+    assert all(t.end - t.start <= timedelta(days=31) for t in tiles)
+    if end - start <= timedelta(days=31):
+        assert tiles == [Window(start, end)]
+    else:
+        assert [t.start for t in tiles] == [add_months(start, k) for k in range(len(tiles))]
 
 
 # --------------------------------------------------------------------------- through the API
@@ -276,4 +315,88 @@ def test_yearly_window_is_clipped_when_the_period_is_cut_short(
     assert (usage["period_start"], usage["quota_reset_date"]) == (
         "2025-12-31T00:00:00Z",
         "2026-01-15T00:00:00Z",
+    )
+
+
+@pytest.mark.parametrize("api_version", se.API_VERSIONS)
+def test_long_trial_on_a_monthly_price_gets_a_quota_a_month(
+    api_version: str,
+    client: FlaskClient,
+    clock: Clock,
+    make_tenant: Callable[..., str],
+    post_event: Callable[..., TestResponse],
+) -> None:
+    """Cut a 60-day trial on a monthly price into months (the last clipped), each a quota."""
+    sub = Subscription(api_version=api_version, interval="month")
+    key = make_tenant("tnt_long_trial", customer=sub.customer)
+    trial = (utc(2025, 1, 10), utc(2025, 3, 11))
+    event = sub.event(
+        "customer.subscription.created",
+        "trialing",
+        trial,
+        trial[0],
+        trial_start=trial[0],
+        trial_end=trial[1],
+    )
+    assert post_event(event).json["outcome"] == "processed"
+
+    clock.set(utc(2025, 1, 20))
+    usage = usage_of(client, key)
+    assert (usage["subscription_status"], usage["scans_quota"]) == ("trialing", 500)
+    assert (usage["period_start"], usage["quota_reset_date"]) == (
+        "2025-01-10T00:00:00Z",
+        "2025-02-10T00:00:00Z",
+    )
+    assert spend(client, key, 500).status_code == 200
+    assert spend(client, key, 1).status_code == 402
+
+    clock.set(utc(2025, 2, 10, 0, 0, 1))
+    usage = usage_of(client, key)
+    assert (usage["period_start"], usage["quota_reset_date"], usage["scans_used"]) == (
+        "2025-02-10T00:00:00Z",
+        "2025-03-10T00:00:00Z",
+        0,
+    )
+    assert spend(client, key, 500).status_code == 200
+    assert spend(client, key, 1).status_code == 402
+
+    clock.set(utc(2025, 3, 10, 12))
+    usage = usage_of(client, key)
+    assert (usage["period_start"], usage["quota_reset_date"], usage["scans_used"]) == (
+        "2025-03-10T00:00:00Z",
+        "2025-03-11T00:00:00Z",
+        0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("period", "at", "window"),
+    [
+        # A 45-day prorated first period: a month, then 15 days.
+        ((utc(2025, 1, 5), utc(2025, 2, 19)), utc(2025, 2, 6), ("2025-02-05", "2025-02-19")),
+        # A monthly price anchored on the 31st: Feb 28 -> Mar 31 is one window.
+        ((utc(2025, 2, 28), utc(2025, 3, 31)), utc(2025, 3, 29), ("2025-02-28", "2025-03-31")),
+        # A 14-day trial: one window.
+        ((utc(2025, 3, 1), utc(2025, 3, 15)), utc(2025, 3, 14), ("2025-03-01", "2025-03-15")),
+    ],
+)
+def test_periods_of_unusual_length_through_the_api(
+    period: tuple[int, int],
+    at: int,
+    window: tuple[str, str],
+    client: FlaskClient,
+    clock: Clock,
+    make_tenant: Callable[..., str],
+    post_event: Callable[..., TestResponse],
+) -> None:
+    """Report the window a period of any length gives at a time inside it."""
+    sub = Subscription(interval="month")
+    key = make_tenant("tnt_unusual", customer=sub.customer)
+    event = sub.event("customer.subscription.updated", "active", period, period[0] + 60)
+    assert post_event(event).json["outcome"] == "processed"
+    clock.set(at)
+    usage = usage_of(client, key)
+    assert (usage["period_start"], usage["quota_reset_date"]) == (
+        f"{window[0]}T00:00:00Z",
+        f"{window[1]}T00:00:00Z",
     )

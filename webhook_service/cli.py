@@ -22,7 +22,13 @@ from dotenv import find_dotenv, load_dotenv
 from sqlalchemy.exc import SQLAlchemyError
 
 from webhook_service.billing.catalog import push_catalog
-from webhook_service.billing.reconcile import RETENTION_DAYS, reconcile
+from webhook_service.billing.reconcile import (
+    MAX_PAGES,
+    MAX_SECONDS,
+    RETENTION_DAYS,
+    Bounds,
+    reconcile,
+)
 from webhook_service.billing.stripe_api import StripeGateway
 from webhook_service.config import ConfigError, Settings, load_settings, redact_url
 from webhook_service.db import Database
@@ -447,20 +453,71 @@ def events_reprocess(ctx: Context, event_ids: tuple[str, ...], all_failed: bool)
 @events.command("prune")
 @click.option("--older-than", "older_than", required=True, help="Age, e.g. 90d.")
 @click.option("--include-failed", is_flag=True, help="Also delete failed events.")
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(1, 100_000),
+    help="Events deleted per transaction [default: 1000 on SQLite, 20000 on PostgreSQL].",
+)
 @pass_context
-def events_prune(ctx: Context, older_than: str, include_failed: bool) -> None:
-    """Delete events received longer ago than --older-than (failed ones are kept)."""
+def events_prune(
+    ctx: Context, older_than: str, include_failed: bool, batch_rows: int | None
+) -> None:
+    """Delete events received longer ago than --older-than (failed ones are kept).
+
+    In batches, each its own short transaction: deliveries are answered meanwhile.
+    """
     cutoff = datetime.now(UTC) - parse_duration(older_than)
-    deleted = ctx.event_log().prune(cutoff, include_failed=include_failed)
-    click.echo(f"deleted {deleted} events received before {_when(cutoff)}")
+    progress = [0, 0]  # events deleted, batches
+
+    def on_batch(deleted: int) -> None:
+        progress[0] += deleted
+        progress[1] += 1
+
+    try:
+        deleted = ctx.event_log().prune(
+            cutoff, include_failed=include_failed, batch_rows=batch_rows, on_batch=on_batch
+        )
+    except SQLAlchemyError as exc:
+        fail(
+            f"prune stopped after deleting {progress[0]} events in {progress[1]} batches: "
+            + database_error_line(exc, ctx.database_url),
+            1,
+        )
+    click.echo(f"deleted {deleted} events received before {_when(cutoff)} in {progress[1]} batches")
 
 
 @events.command("reconcile")
 @click.option("--since", default="3d", show_default=True, help="How far back, e.g. 3d or 12h.")
 @click.option("--dry-run", is_flag=True, help="List what would be applied; change nothing.")
+@click.option(
+    "--max-pages",
+    default=MAX_PAGES,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Stop after this many pages of 100 events.",
+)
+@click.option(
+    "--max-seconds",
+    default=MAX_SECONDS,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Stop asking for pages after this long.",
+)
+@click.option("--starting-after", help="Continue a stopped run after this event id.")
 @pass_context
-def events_reconcile(ctx: Context, since: str, dry_run: bool) -> None:
-    """Pull missed events from Stripe's events API through the same pipeline."""
+def events_reconcile(
+    ctx: Context,
+    since: str,
+    dry_run: bool,
+    max_pages: int,
+    max_seconds: float,
+    starting_after: str | None,
+) -> None:
+    """Pull missed events from Stripe's events API through the same pipeline.
+
+    Page by page (what was applied stays applied if a later page fails), bounded in
+    pages and time; exits 1 if anything failed or the listing was not read to its end.
+    """
     settings = ctx.settings
     if not settings.stripe_api_key:
         fail("STRIPE_API_KEY is not set: reconciliation reads Stripe's events API")
@@ -478,12 +535,14 @@ def events_reconcile(ctx: Context, since: str, dry_run: bool) -> None:
             ctx.event_log(),
             datetime.now(UTC) - window,
             dry_run=dry_run,
+            bounds=Bounds(max_pages=max_pages, max_seconds=max_seconds),
+            starting_after=starting_after,
             report=click.echo,
         )
     except ServiceError as exc:
         fail(f"reconciliation stopped: {exc.message}", 1)
     click.echo(("dry run: " if dry_run else "") + summary.line(), err=True)
-    if summary.failed:
+    if not summary.complete:
         sys.exit(1)
 
 

@@ -150,6 +150,14 @@ class StripeUnavailable(ServiceError):
         return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
+class StripeRateLimited(StripeUnavailable):
+    """Stripe answered 429; ``retry_after`` is its Retry-After in seconds (bounded)."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after: int = retry_after
+
+
 _HTTP_CODES = {
     400: "BAD_REQUEST",
     404: "NOT_FOUND",

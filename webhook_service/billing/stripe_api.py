@@ -38,6 +38,7 @@ import structlog
 from webhook_service.errors import (
     BillingNotConfigured,
     IdempotencyKeyReused,
+    StripeRateLimited,
     StripeRequestFailed,
     StripeUnavailable,
 )
@@ -236,7 +237,7 @@ class StripeGateway:
         except stripe.RateLimitError as exc:
             retry_after = _retry_after(exc.headers)
             self._unavailable(operation, exc)
-            raise StripeUnavailable(
+            raise StripeRateLimited(
                 f"Stripe is limiting this service's requests. Retry after {retry_after} seconds.",
                 retry_after=retry_after,
             ) from None
@@ -338,21 +339,16 @@ class StripeGateway:
             return price_id if isinstance(price_id, str) else None
         return None
 
-    def events_since(self, created_gte: int, types: list[str]) -> Iterator[dict[str, Any]]:
-        """Every event created at or after ``created_gte`` of ``types``, newest first."""
-        starting_after: str | None = None
-        while True:
-            params: dict[str, Any] = {
-                "limit": EVENTS_PAGE_SIZE,
-                "created": {"gte": created_gte},
-                "types": types,
-            }
-            if starting_after:
-                params["starting_after"] = starting_after
-            page = self._call("events.list", "get", "/v1/events", **params)
-            data = page.get("data")
-            events = [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
-            yield from events
-            if not page.get("has_more") or not events:
-                return
-            starting_after = str(events[-1]["id"])
+    def events_page(
+        self, created_gte: int, types: list[str], starting_after: str | None = None
+    ) -> dict[str, Any]:
+        """One page of events created at or after ``created_gte`` of ``types``, newest
+        first, after the event ``starting_after``: Stripe's list body, unchecked."""
+        params: dict[str, Any] = {
+            "limit": EVENTS_PAGE_SIZE,
+            "created": {"gte": created_gte},
+            "types": types,
+        }
+        if starting_after:
+            params["starting_after"] = starting_after
+        return self._call("events.list", "get", "/v1/events", **params)

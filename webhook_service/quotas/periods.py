@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 
 @dataclass(frozen=True)
@@ -47,15 +47,19 @@ def monthly_window(period_start: datetime, period_end: datetime, now: datetime) 
         start = following
 
 
-def billing_window(
-    period_start: datetime,
-    period_end: datetime,
-    interval: str | None,
-    interval_count: int | None,
-    now: datetime,
-) -> Window:
-    """The window of a granting subscription: its period, cut into months if it is longer."""
-    longer_than_a_month = interval == "year" or (interval == "month" and (interval_count or 1) > 1)
-    if longer_than_a_month:
+# The longest calendar month. A period no longer than this is one window: a monthly
+# price anchored on the 31st bills Feb 28 -> Mar 31, which is one month, not one and a bit.
+LONGEST_MONTH = timedelta(days=31)
+
+
+def billing_window(period_start: datetime, period_end: datetime, now: datetime) -> Window:
+    """The window of a granting subscription's period that applies at ``now``.
+
+    A period longer than a month (:data:`LONGEST_MONTH`) is cut into monthly windows
+    anchored at its start (:func:`monthly_window`), whatever the price's interval: a
+    yearly price, a long trial on a monthly one, a long prorated first period. Any
+    shorter period is a single window.
+    """
+    if period_end - period_start > LONGEST_MONTH:
         return monthly_window(period_start, period_end, now)
     return Window(period_start, period_end)

@@ -324,7 +324,7 @@ class QuotaService:
                 {
                     "tenant_id": tenant.id,
                     "count": count,
-                    "spent_at": now,
+                    "spent_at": usage.entitlement.spend_time(now),
                     "idempotency_key": idempotency_key,
                     "request_sha256": fingerprint if idempotency_key is not None else None,
                     "response": json.dumps(body),

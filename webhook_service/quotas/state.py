@@ -50,6 +50,22 @@ class Entitlement:
     # must add it to the catalog; until then the default plan stands in for them).
     unpriced: tuple[UnpricedSubscription, ...] = ()
 
+    def spend_time(self, now: datetime) -> datetime:
+        """The timestamp a spend accepted at ``now`` against this entitlement is stored with.
+
+        ``now``, or the window's start when the service's clock is behind it (clock skew
+        at renewal, Stripe test clocks): a spend counts in the window its quota was
+        checked against, whatever the clocks say. While the window is open that time is
+        inside it (``now`` < end); once closed, the window stays in force counting all
+        since its start. So no accepted spend ever falls outside every window.
+
+        The timestamp is clamped, not the reading: a reading that counted from the
+        earlier of the start and ``now`` would move with the clock, and a spend accepted
+        before the start would later fall into the previous period, whose quota never
+        saw it.
+        """
+        return max(now, self.window.start)
+
     def key(self) -> tuple[Any, ...]:
         return (
             self.plan,
@@ -124,13 +140,7 @@ def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Ent
             best = candidate
     if best is not None:
         quota, _, sub, plan = best
-        window = billing_window(
-            sub.current_period_start,
-            sub.current_period_end,
-            sub.price_interval,
-            sub.price_interval_count,
-            now,
-        )
+        window = billing_window(sub.current_period_start, sub.current_period_end, now)
         return Entitlement(
             plan.name,
             sub.status,

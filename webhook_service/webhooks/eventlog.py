@@ -37,6 +37,12 @@ log = structlog.get_logger(__name__)
 DONE_OUTCOMES = ("processed", "ignored", "stale")
 ReceiptOutcome = Literal["processed", "duplicate", "ignored", "stale"]
 MAX_ERROR_LENGTH = 2000
+# events prune: rows deleted per transaction (SQLite: a few ms of write lock), and the
+# least pause between SQLite batches (at least as long as the batch took), so queued
+# deliveries take the lock in turn and the job never holds it more than half the time.
+PRUNE_BATCH_ROWS_SQLITE = 1_000
+PRUNE_BATCH_ROWS_POSTGRES = 20_000
+PRUNE_PAUSE_S = 0.005
 _INSERT_COLUMNS = (
     "id",
     "type",
@@ -313,10 +319,66 @@ class EventLog:
             oldest = datetime.fromisoformat(oldest).replace(tzinfo=UTC)
         return int(row[0]), oldest
 
-    def prune(self, older_than: datetime, *, include_failed: bool = False) -> int:
-        """Delete events received before ``older_than``; failed ones stay unless asked."""
-        condition = stripe_events.c.received_at < older_than
+    def prune(
+        self,
+        older_than: datetime,
+        *,
+        include_failed: bool = False,
+        batch_rows: int | None = None,
+        on_batch: Callable[[int], None] = lambda _deleted: None,
+    ) -> int:
+        """Delete events received before ``older_than``; failed ones stay unless asked.
+
+        In batches of about ``batch_rows`` events, oldest first, each its own short
+        transaction, so a delivery waits at most one batch for the write lock (SQLite's
+        lock is the whole file's: one DELETE of 500k rows held it ~15 s). On SQLite the
+        job pauses between batches as long as the batch took, so queued writers get the
+        lock in turn and deliveries keep at least half the write capacity. A batch ends
+        at the received time of its ``batch_rows``-th event, so events received in the
+        same microsecond go together. ``on_batch`` is told each batch's count. Always
+        ends: it moves forward in received time, and new events arrive after the cutoff.
+        """
+        rows = batch_rows or (
+            PRUNE_BATCH_ROWS_SQLITE if self.database.is_sqlite else PRUNE_BATCH_ROWS_POSTGRES
+        )
+        received_at = stripe_events.c.received_at
+        condition = received_at < older_than
         if not include_failed:
             condition = condition & (stripe_events.c.outcome != "failed")
-        with self.database.transaction(write=True) as conn:
-            return conn.execute(stripe_events.delete().where(condition)).rowcount
+        after = bindparam("b_after", type_=received_at.type)
+        # A batch is a range of received_at, from just after the last one to the time of
+        # its rows-th event: the index is never walked over rows (or, on PostgreSQL,
+        # dead entries) of batches already deleted, and the DELETE is a range scan.
+        batch_end = (
+            select(received_at)
+            .where(received_at < older_than, received_at > after)
+            .order_by(received_at)
+            .offset(rows - 1)
+            .limit(1)
+        )
+        last_batch = stripe_events.delete().where(condition, received_at > after)
+        one_batch = last_batch.where(received_at <= bindparam("b_end", type_=received_at.type))
+        position = datetime.min.replace(tzinfo=UTC)
+        deleted = 0
+        while True:
+            started = time.monotonic()
+            with self.database.transaction(write=True) as conn:
+                if not self.database.is_sqlite:
+                    # Walk the received_at index in order, whatever the statistics say:
+                    # stale ones (a table just loaded or pruned) make the planner sort
+                    # every old row for each batch's end instead.
+                    conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")
+                    conn.exec_driver_sql("SET LOCAL enable_sort = off")
+                end = conn.execute(batch_end, {"b_after": position}).scalar_one_or_none()
+                if end is None:
+                    count = conn.execute(last_batch, {"b_after": position}).rowcount
+                else:
+                    count = conn.execute(one_batch, {"b_after": position, "b_end": end}).rowcount
+            if count:
+                deleted += count
+                on_batch(count)
+            if end is None:
+                return deleted
+            position = end
+            if self.database.is_sqlite:
+                time.sleep(max(PRUNE_PAUSE_S, time.monotonic() - started))
