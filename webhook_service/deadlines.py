@@ -132,3 +132,18 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# Reading a request (headers and body), from the moment a gunicorn thread takes it up
+# (see webhook_service.worker). Requests of this service are at most a few MB, sent by
+# servers nearby (Stripe, the NAT app, a load balancer).
+REQUEST_READ_DEADLINE_S = 5.0
+# Shut for reading only: the application can still write its answer to a body cut short.
+request_reads = Watchdog("request-read", socket.SHUT_RD)
+
+
+def read_deadline_passed(environ: dict[str, Any]) -> bool:
+    """True if the request's socket (gunicorn's ``gunicorn.socket``) was shut by its
+    read deadline: a body that then reads short timed out, it was not malformed."""
+    sock = environ.get("gunicorn.socket")
+    return sock is not None and request_reads.expired(sock)
