@@ -28,10 +28,12 @@ bind = [f"0.0.0.0:{_settings.port}"]
 workers = _settings.web_concurrency
 # Threads (gunicorn's gthread) with a read deadline per request (webhook_service.worker):
 # a slow client holds one thread for at most REQUEST_READ_DEADLINE_S, never a process,
-# and the main thread keeps answering gunicorn's heartbeat. Enough threads that 50 slow
-# clients spread over the workers leave threads free for everyone else.
+# and the main thread keeps answering gunicorn's heartbeat. Workers accept unevenly (the
+# one whose main thread wakes first wins), so each has threads enough for 50 slow clients
+# at once and everyone else besides: with 32, tests saw 4-5 s waits when most of them
+# landed on one worker. Threads are started only as needed.
 worker_class = "webhook_service.worker.DeadlineThreadWorker"
-threads = 32
+threads = 100
 # Import the app once in the master (create_app opens no connection, so nothing
 # crosses the fork): workers boot in milliseconds and share the code pages.
 preload_app = True
