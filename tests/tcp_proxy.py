@@ -3,11 +3,13 @@
 ``TcpProxy(("127.0.0.1", 5432))`` listens on a free port of 127.0.0.1 and forwards every
 connection to the target. ``cut()`` closes every open connection (with a reset, so the
 peer notices at once instead of waiting on a timeout) and resets every new one as soon as
-it is accepted: to a client this is a database that went away. ``restore()`` forwards
-again. ``hold()`` keeps every connection open but forwards no byte (new connections are
-accepted too) until ``release()``: to a client this is a server that stopped answering.
-Everything runs in daemon threads and is bounded in time; ``close()`` (or leaving the
-``with`` block) stops it all.
+it is accepted: to a client this is a database that went away. ``stall()`` holds every
+byte instead, both ways, on open and new connections alike, without closing anything: to
+a client this is a database that stops answering (a failover, a network partition), and
+only its own deadlines get it out. ``restore()`` forwards again (held bytes included, as
+a healed partition delivers them). Everything runs in daemon threads and is bounded in
+time (``hold()``/``release()`` are other names of ``stall()``/``restore()``
+without the cut); ``close()`` (or leaving the ``with`` block) stops it all.
 """
 
 from __future__ import annotations
@@ -75,13 +77,23 @@ class TcpProxy:
         self._cut.set()
         self._reset_all()
 
+    @property
+    def is_stalled(self) -> bool:
+        """True between :meth:`stall` and :meth:`restore`."""
+        return not self._flowing.is_set()
+
+    def stall(self) -> None:
+        """Hold every byte, both ways, until :meth:`restore` (connections stay open)."""
+        self._flowing.clear()
+
     def restore(self) -> None:
-        """Forward new connections again."""
+        """Forward again: new connections, and the bytes held by a stall."""
         self._cut.clear()
+        self._flowing.set()
 
     def hold(self) -> None:
-        """Forward no byte, either way, until :meth:`release` (connections stay open)."""
-        self._flowing.clear()
+        """:meth:`stall`: forward no byte, either way, until :meth:`release`."""
+        self.stall()
 
     def release(self) -> None:
         """Forward again, held bytes first."""
@@ -138,7 +150,9 @@ class TcpProxy:
                 data = source.recv(BUFFER_BYTES)
                 if not data:
                     break
-                self._flowing.wait()
+                while not self._flowing.wait(ACCEPT_POLL_S):
+                    if self._stopped.is_set():
+                        break  # closing: drop what was held
                 sink.sendall(data)
         except OSError:
             pass

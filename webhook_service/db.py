@@ -20,15 +20,18 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import socket
 import sqlite3
 import threading
 import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import structlog
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import ExceptionContext, make_url
@@ -40,15 +43,24 @@ from webhook_service.checkpoint import (
     SAFETY_AUTOCHECKPOINT_PAGES,
     Checkpointer,
 )
+from webhook_service.deadlines import Watchdog
 
 log = structlog.get_logger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 # SQLite errors after which a connection is dropped rather than reused.
 _SQLITE_RECONNECT_ERRORS = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+# PostgreSQL: every wait for the server is bounded (see _watch_answers). The server
+# cancels a slow statement itself (a clean error, the connection stays usable) before the
+# client would count a missing answer as a server that stopped answering.
 PG_CONNECT_TIMEOUT_S = 3
-PG_STATEMENT_TIMEOUT_MS = 10_000
-PG_LOCK_TIMEOUT_MS = 5_000
+PG_STATEMENT_TIMEOUT_MS = 3_000
+PG_LOCK_TIMEOUT_MS = 2_000
+PG_ANSWER_DEADLINE_S = 4.0
+# The checkout's ping of an idle connection: a live server answers SELECT 1 at once.
+PG_PING_DEADLINE_S = 1.0
+# Waiting for a free pooled connection (all of them busy).
+PG_POOL_TIMEOUT_S = 3
 # A pooled connection unused for longer than this is pinged before its next use.
 PG_PING_AFTER_IDLE_S = 1.0
 # Database keeps its last connection out of the pool for the next transaction this long,
@@ -104,17 +116,89 @@ def create_db_engine(url: str, *, pool: bool = True) -> Engine:
             "keepalives_idle": 10,
             "keepalives_interval": 2,
             "keepalives_count": 3,
+            "cursor_factory": _WatchedCursor,
         },
         "hide_parameters": True,
     }
     if pool:
-        kwargs.update(pool_size=5, max_overflow=5, pool_timeout=5, pool_recycle=1800)
+        kwargs.update(
+            pool_size=5, max_overflow=5, pool_timeout=PG_POOL_TIMEOUT_S, pool_recycle=1800
+        )
     else:
         kwargs["poolclass"] = NullPool
     engine = create_engine(parsed, **kwargs)
+    _watch_answers(engine)
     if pool:
         _ping_idle_connections(engine)
     return engine
+
+
+# A PostgreSQL server that accepts bytes but never answers (a failover, a network
+# partition) leaves psycopg waiting for good: TCP keepalives and tcp_user_timeout only
+# notice a peer that stops acknowledging, and a proxy or load balancer in between still
+# acknowledges. So every wait for an answer has a deadline: while a transaction runs its
+# connection is watched, the deadline moves to PG_ANSWER_DEADLINE_S from each statement,
+# commit or rollback sent, and when it passes the watchdog shuts the socket down. The
+# blocked read returns at once, psycopg reports the connection lost, SQLAlchemy treats it
+# as a disconnect (invalidates it and the pool's older connections) and the request
+# answers 503. No signal is used, so this holds in any thread.
+answers = Watchdog("postgresql", socket.SHUT_RDWR)
+
+
+class _WatchedCursor(psycopg.Cursor[Any]):
+    """psycopg's cursor, moving its connection's answer deadline at each statement."""
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        answers.rearm(self.connection)
+        return super().execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> None:
+        answers.rearm(self.connection)
+        super().executemany(*args, **kwargs)
+
+
+@contextmanager
+def watched(dbapi_connection: Any, seconds: float = PG_ANSWER_DEADLINE_S) -> Iterator[None]:
+    """Watch a psycopg connection's answers for the block (a no-op for other drivers)."""
+    if not isinstance(dbapi_connection, psycopg.Connection):
+        yield
+        return
+    answers.watch(dbapi_connection, dbapi_connection.fileno(), seconds)
+    try:
+        yield
+    finally:
+        answers.forget(dbapi_connection)
+
+
+class DatabaseStalled(OperationalError):
+    """The server did not answer within :data:`PG_ANSWER_DEADLINE_S`; its connection was
+    shut down and dropped. Not worth retrying at once: a new connection would wait as long
+    (``connection_invalidated`` is False, so the event log's retry leaves it alone)."""
+
+
+def _watch_answers(engine: Engine) -> None:
+    def _rearm(conn: Connection) -> None:
+        if not conn.invalidated:  # else nothing is sent
+            answers.rearm(conn.connection.driver_connection)
+
+    event.listen(engine, "commit", _rearm)
+    event.listen(engine, "rollback", _rearm)
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> BaseException | None:
+        conn = context.connection
+        if conn is None or conn.invalidated:
+            return None
+        if not answers.expired(conn.connection.driver_connection):
+            return None
+        context.is_disconnect = True
+        return DatabaseStalled(context.statement, None, context.original_exception)
+
+    @event.listens_for(engine, "invalidate")
+    @event.listens_for(engine, "close")
+    def _forget(dbapi_connection: Any, *_args: Any) -> None:
+        # Before the driver connection is closed (its descriptor may then be reused).
+        answers.forget(dbapi_connection)
 
 
 def _ping_idle_connections(engine: Engine) -> None:
@@ -140,9 +224,10 @@ def _ping_idle_connections(engine: Engine) -> None:
         if idle_since is None or time.monotonic() - idle_since < PG_PING_AFTER_IDLE_S:
             return
         try:
-            with dbapi_connection.cursor() as cursor:
-                cursor.execute("SELECT 1")
-            dbapi_connection.rollback()
+            with watched(dbapi_connection, PG_PING_DEADLINE_S):
+                with dbapi_connection.cursor() as cursor:
+                    cursor.execute("SELECT 1")
+                dbapi_connection.rollback()
         except Exception as exc:
             raise DisconnectionError(f"{type(exc).__name__}: idle connection lost") from exc
 
@@ -213,7 +298,7 @@ class _WriterQueue:
     Processes queue on an exclusive ``flock`` of ``<database>-writer.lock``; threads of
     one process first on a :class:`threading.Lock` (an ``flock`` belongs to an open file
     description, shared by the process's threads). The file lock is polled (``LOCK_NB``)
-    every 50 µs to 1 ms until a deadline, so no writer waits longer than the busy timeout
+    every 30 µs to 250 µs until a deadline, so no writer waits longer than the busy timeout
     even when the write lock is held by a process outside the queue: each waiter gives up
     on its own clock instead of waiting out, in turn, the busy timeouts of those queued
     before it. One queue per file and process (:func:`writer_queue`); forked children reopen it.
@@ -415,6 +500,16 @@ def _restore_busy_timeout(conn: Connection) -> None:
         conn.invalidate()
 
 
+@dataclass
+class _Kept:
+    """The connection Database keeps out of the pool for its next transaction."""
+
+    conn: Connection
+    released: float  # time.monotonic() when its last transaction ended
+    taken: float  # when it left the pool
+    pid: int  # the process that checked it out
+
+
 class Database:
     """The engine plus the transaction discipline every store uses.
 
@@ -437,8 +532,7 @@ class Database:
         # PostgreSQL only: on SQLite a kept connection was seen, rarely, to read an old
         # snapshot in multi-process tests (not understood yet; the pool does not).
         self._keep = pool and not self.is_sqlite
-        # (connection, when it was released, when it left the pool, pid), if any.
-        self._kept: tuple[Connection, float, float, int] | None = None
+        self._kept: _Kept | None = None
         self._kept_lock = threading.Lock()
 
     def _connect(self, write: bool) -> tuple[Connection, float]:
@@ -446,17 +540,17 @@ class Database:
             kept, self._kept = self._kept, None
         conn: Connection | None = None
         if kept is not None:
-            conn, released, taken, pid = kept
+            conn, taken = kept.conn, kept.taken
             now = time.monotonic()
-            if pid != os.getpid():
+            if kept.pid != os.getpid():
                 conn = None  # a forked child never touches its parent's connection
             elif conn.invalidated:
                 conn.close()
                 conn = None
-            elif now - released > KEEP_CONNECTION_S or now - taken > KEEP_CONNECTION_MAX_S:
+            elif now - kept.released > KEEP_CONNECTION_S or now - taken > KEEP_CONNECTION_MAX_S:
                 # Back to the pool, idle since its release: the pool's checkout pings an
                 # idle one and applies pool_recycle and its invalidations to every one.
-                conn.connection.info[_IDLE_SINCE] = released
+                conn.connection.info[_IDLE_SINCE] = kept.released
                 conn.close()
                 conn = None
         if conn is None:
@@ -470,7 +564,7 @@ class Database:
         if self._keep and clean and not conn.invalidated:
             with self._kept_lock:
                 if self._kept is None:
-                    self._kept = (conn, time.monotonic(), taken, os.getpid())
+                    self._kept = _Kept(conn, time.monotonic(), taken, os.getpid())
                     return
         conn.close()
 
@@ -480,6 +574,7 @@ class Database:
 
         A SQLite write transaction first waits its turn in the file's writer queue, for
         at most the busy timeout; the queue is released once it commits or rolls back.
+        On PostgreSQL every wait for the server's answer has a deadline (:func:`watched`).
         """
         queue = self._writers if write else None
         if queue is not None and self._checkpointer is not None:
@@ -492,7 +587,7 @@ class Database:
             lowered = False
             try:
                 lowered = queued and _lower_busy_timeout(conn, deadline)
-                with conn.begin():
+                with watched(conn.connection.driver_connection), conn.begin():
                     yield conn
                 clean = True
             finally:
@@ -504,7 +599,7 @@ class Database:
             self._release(conn, clean, taken)
 
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, watched(conn.connection.driver_connection):
             conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
@@ -512,6 +607,6 @@ class Database:
             self._checkpointer.stop()
         with self._kept_lock:
             kept, self._kept = self._kept, None
-        if kept is not None and kept[2] == os.getpid():
-            kept[0].close()
+        if kept is not None and kept.pid == os.getpid():
+            kept.conn.close()
         self.engine.dispose()

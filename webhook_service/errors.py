@@ -65,6 +65,11 @@ class WebhookNotConfigured(ServiceError):
     )
 
 
+class RequestTimeout(ServiceError):
+    status, code = 408, "REQUEST_TIMEOUT"
+    default_message = "The request was not received in full in time."
+
+
 class ServiceUnavailable(ServiceError):
     status, code = 503, "SERVICE_UNAVAILABLE"
     default_message = "The database is unavailable. Retry later; nothing was recorded."

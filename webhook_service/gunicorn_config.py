@@ -27,11 +27,19 @@ configure_logging(_settings.log_format, _settings.log_level)
 
 bind = [_settings.bind_address]
 workers = _settings.web_concurrency
-worker_class = "sync"
+# Threads (gunicorn's gthread) with a read deadline per request (webhook_service.worker):
+# a slow client holds one thread for at most REQUEST_READ_DEADLINE_S, never a process,
+# and the main thread keeps answering gunicorn's heartbeat. Workers accept unevenly (the
+# one whose main thread wakes first wins), so each has threads enough for 50 slow clients
+# at once and everyone else besides: with 32, tests saw 4-5 s waits when most of them
+# landed on one worker. Threads are started only as needed.
+worker_class = "webhook_service.worker.DeadlineThreadWorker"
+threads = 100
 # Import the app once in the master (create_app opens no connection, so nothing
 # crosses the fork): workers boot in milliseconds and share the code pages.
 preload_app = True
-# A request (webhook or spend) is a few milliseconds; 30 s means something is stuck.
+# The heartbeat of a worker's main thread (threads serving requests do not delay it);
+# requests themselves are bounded by their read deadline and the database deadlines.
 timeout = 30
 # SIGTERM: stop accepting, finish in-flight requests for up to this long.
 graceful_timeout = 20

@@ -19,7 +19,8 @@ from http import HTTPStatus
 from typing import Any
 
 from webhook_service.config import Settings
-from webhook_service.errors import MalformedBody, service_error_for
+from webhook_service.deadlines import read_deadline_passed
+from webhook_service.errors import MalformedBody, RequestTimeout, service_error_for
 from webhook_service.requestlog import RequestLog
 from webhook_service.webhooks.eventlog import EventLog
 from webhook_service.webhooks.receiver import check_configured, receive_delivery, too_large
@@ -43,10 +44,15 @@ def _drain(stream: Any, budget: int) -> None:
 
 
 def read_body(environ: dict[str, Any], limit: int) -> bytes:
-    """:func:`_read_body`, a connection lost mid-body answered as werkzeug does (a 400)."""
+    """:func:`_read_body`, a connection lost mid-body answered as werkzeug does (a 400),
+    and a body still arriving at the request's read deadline with a 408."""
     try:
         return _read_body(environ, limit)
-    except (OSError, ValueError):
+    except (OSError, ValueError, MalformedBody) as exc:
+        if read_deadline_passed(environ):
+            raise RequestTimeout() from None
+        if isinstance(exc, MalformedBody):
+            raise
         raise MalformedBody("The client went away before sending the whole body.") from None
 
 
