@@ -110,7 +110,8 @@ def test_a_worker_aborted_by_its_timeout_answers_json(
         "STRIPE_API_KEY": "sk_test_stub_timeout",
         "STRIPE_API_BASE": stalling_stripe.base_url,
         # The sync worker, killed after 2 s: the case gunicorn answers with its own 500.
-        "GUNICORN_CMD_ARGS": "--timeout 2 --worker-class sync",
+        # One thread, or gunicorn runs its threaded worker instead of the sync one.
+        "GUNICORN_CMD_ARGS": "--timeout 2 --worker-class sync --threads 1",
     }
     api_key = "nat_pk_worker_timeout_0001"
     with running_service(env, workers=1) as base_url:
