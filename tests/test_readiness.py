@@ -116,12 +116,13 @@ def test_db_upgrade_against_a_newer_schema_says_so_in_one_line(
 # --------------------------------------------------------------------------- 12.9 / 11.6
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_read_only_postgresql_is_not_ready(
     request: pytest.FixtureRequest, make_app: Callable[..., Flask], database: Database
 ) -> None:
-    """A standby or default_transaction_read_only: webhooks fail, so /readyz is 503."""
-    if database.is_sqlite:
-        pytest.skip("PostgreSQL's read-only transactions (SQLite: the read-only file tests)")
+    """A standby or default_transaction_read_only: webhooks fail, so /readyz is 503.
+
+    PostgreSQL only: SQLite's read-only files have tests of their own below."""
     name = make_url(database.url).database
     admin = make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(False)
     with psycopg.connect(admin, autocommit=True) as conn:
