@@ -225,11 +225,8 @@ def test_unreachable_stripe_is_worded_so(make_app: Callable[..., Flask]) -> None
 
 @pytest.mark.slow
 def test_stalled_checkouts_leave_a_worker_for_webhooks(database: Database) -> None:
-    """Four checkouts stalled in Stripe on 2 gunicorn workers: a webhook answers at once.
-
-    The cap (default: half the workers) is shared by the workers; without it (measured
-    with BILLING_MAX_CONCURRENCY=2) the webhook waited 19.7 s for a worker.
-    """
+    """Four checkouts stalled in Stripe on 2 gunicorn workers: a webhook answers at once,
+    and the cap (one slot here) is shared by the workers: three are refused at once."""
     with running_stripe_stub() as stub:
         stub.stall("POST", CHECKOUT_SESSIONS)
         env = {
@@ -239,6 +236,7 @@ def test_stalled_checkouts_leave_a_worker_for_webhooks(database: Database) -> No
             "STRIPE_API_KEY": STRIPE_KEY,
             "STRIPE_API_BASE": stub.base_url,
             "STRIPE_DEADLINE_SECONDS": "3",
+            "BILLING_MAX_CONCURRENCY": "1",
         }
         with running_service(env, workers=2) as base_url:
             status, _, _ = http(

@@ -59,7 +59,7 @@ class Settings:
     # One tenant request's Stripe calls, retries included, end within this many seconds;
     # at most this many requests per instance wait on Stripe at once (the rest: 503).
     stripe_deadline_seconds: int = 10
-    billing_max_concurrency: int = 1
+    billing_max_concurrency: int = 16
 
     def __repr__(self) -> str:
         # Never let a secret reach a log line or a traceback through repr().
@@ -84,6 +84,13 @@ class Settings:
 def default_web_concurrency() -> int:
     """Two workers per core, at least two: the service waits on the database more than the CPU."""
     return max(2, 2 * (os.cpu_count() or 1))
+
+
+def default_billing_concurrency(web_concurrency: int) -> int:
+    """Four Stripe calls at once per worker: each holds one of a worker's request threads
+    (gunicorn_config: 100), so even all of them stalled leave the rest to webhooks, and
+    checkouts are rare next to webhooks."""
+    return 4 * web_concurrency
 
 
 def redact_url(url: str) -> str:
@@ -240,8 +247,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bind_host=bind_host,
         web_concurrency=web_concurrency,
         stripe_deadline_seconds=_int(env, "STRIPE_DEADLINE_SECONDS", 10, minimum=1),
-        # Half the workers by default: the other half always remains for webhooks.
         billing_max_concurrency=_int(
-            env, "BILLING_MAX_CONCURRENCY", max(1, web_concurrency // 2), minimum=1
+            env, "BILLING_MAX_CONCURRENCY", default_billing_concurrency(web_concurrency), minimum=1
         ),
     )

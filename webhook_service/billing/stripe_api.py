@@ -15,8 +15,8 @@ A tenant request that calls Stripe runs inside :meth:`StripeGateway.session`:
   (``RequestsClient(session=...)``); ours caps every attempt's timeouts by what is left
   of the deadline (:class:`_DeadlineSession`).
 - it holds one of ``BILLING_MAX_CONCURRENCY`` slots shared by every worker of the
-  instance (:class:`CallSlots`), or is answered 503 at once: billing calls never hold
-  every worker, so webhooks always find one.
+  instance (:class:`CallSlots`), or is answered 503 at once: a stalled Stripe holds at
+  most that many request threads, so webhooks always find one.
 """
 
 from __future__ import annotations
