@@ -110,7 +110,6 @@ def test_renewal_seen_early_does_not_charge_the_finished_period(
     assert counted_in(database, "tnt_early_renewal", Window(at(second[0]), at(second[1]))) == 500
 
 
-
 def test_spends_while_a_finished_period_stays_in_force_count_in_it_only(
     client: FlaskClient,
     clock: Clock,
@@ -141,6 +140,7 @@ def test_spends_while_a_finished_period_stays_in_force_count_in_it_only(
     usage = usage_of(client, key)
     assert (usage["scans_used"], usage["scans_remaining"]) == (0, 500)
     assert counted_in(database, "tnt_late_renewal", Window(at(first[0]), at(first[1]))) == 500
+
 
 # --------------------------------------------------------------------------- the property
 
