@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import pytest
 import redis
+import structlog
 from flask.testing import FlaskClient
 from limits import parse
 from limits.storage import MemoryStorage, RedisStorage
@@ -355,3 +356,17 @@ def test_unrouted_and_other_endpoints_spend_nothing(
             client.get(path, headers=headers)
     assert [usage(client, key).status_code for _ in range(3)] == [200, 200, 200]
     assert_rate_limited(usage(client, key))
+
+
+def test_a_marker_counts_without_logging_a_refusal() -> None:
+    """Mark a known-good credential again and again: it is seen, and never logged as
+    rate limited (a marker is not a limit)."""
+    known_good = FixedWindowLimit(
+        "1/day", FixedWindowMemoryStorage(), key_prefix="nat", scope="auth-ok"
+    )
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            known_good.mark("key:tenant-credential")
+    assert known_good.seen("key:tenant-credential")
+    assert not known_good.seen("key:another-credential")
+    assert [line for line in logs if line["event"] == "rate_limit_exceeded"] == []

@@ -148,7 +148,8 @@ def make_storage(storage_uri: str) -> Storage:
         }
     storage = storage_from_string(storage_uri, **options)
     if not isinstance(storage, Storage):  # an async+ scheme: the app is synchronous
-        raise ConfigurationError(f"not a synchronous rate limit storage: {storage_uri!r}")
+        scheme = storage_uri.partition("://")[0]  # never the rest: it may hold a password
+        raise ConfigurationError(f"not a synchronous rate limit storage: {scheme}://")
     return storage
 
 
@@ -311,6 +312,11 @@ class FixedWindowLimit:
             return self._retry_after(storage, key)
 
         return self.guarded.use(peek)
+
+    def mark(self, bucket: str) -> None:
+        """Count ``bucket`` without judging it: a marker (see :meth:`seen`), not a limit."""
+        key = self.key_for(bucket)
+        self.guarded.use(lambda storage: storage.incr(key, self._expiry))
 
     def seen(self, bucket: str) -> bool:
         """True if ``bucket`` was hit in its current window (no count)."""

@@ -107,7 +107,7 @@ def init_rate_limit(
                 # one per request.
                 now = time.monotonic()
                 if credential is not None and marked.get(credential, 0.0) < now:
-                    known_good.hit(credential)
+                    known_good.mark(credential)
                     if len(marked) >= MAX_MARKED:
                         marked.clear()
                     marked[credential] = now + REMARK_AFTER_S
