@@ -34,7 +34,8 @@ def env(env: dict[str, str], stripe_stub: StripeStub, tmp_path: Path) -> dict[st
     plans.write_text(
         'default_plan = "free"\n'
         "[plans.free]\nscans_per_month = 10\n"
-        '[plans.pro]\nscans_per_month = 500\nprices = ["price_pro_monthly", "price_pro_2"]\n',
+        "[plans.pro]\nscans_per_month = 500\n"
+        'prices = ["price_pro_monthly", "price_pro_2", "pro_monthly"]\n',
         encoding="utf-8",
     )
     return {
@@ -132,3 +133,15 @@ def test_one_idempotency_key_rule_for_every_endpoint(
             assert response.json is not None
             assert response.json["error"] == "INVALID_REQUEST"
             assert "Idempotency-Key" in response.json["message"]
+
+
+def test_a_malformed_checkout_key_is_refused_before_any_call_to_stripe(
+    client: FlaskClient, make_tenant: Callable[..., str], stripe_stub: StripeStub
+) -> None:
+    """Refuse a bad Idempotency-Key with 400 before resolving a lookup key at Stripe."""
+    api_key = make_tenant("tnt_idem_first")
+    response = checkout(client, api_key, {"price_id": "pro_monthly", **URLS}, "x" * 256)
+    assert response.status_code == 400, response.json
+    assert response.json is not None
+    assert "Idempotency-Key" in response.json["message"]
+    assert stripe_stub.requests == []

@@ -46,6 +46,7 @@ def create_checkout() -> dict[str, Any]:
     """Open a Stripe Checkout Session (subscription mode) for the tenant."""
     tenant = current_tenant()
     svc = services()
+    given_key = idempotency_key()  # a malformed key is refused before any call to Stripe
     body = json_body()
     price = body.get("price_id")
     if not isinstance(price, str) or not price or len(price) > 255:
@@ -60,7 +61,7 @@ def create_checkout() -> dict[str, Any]:
     # 503 BILLING_NOT_CONFIGURED without STRIPE_API_KEY; one deadline for both calls.
     with gateway.session():
         return _open_checkout(
-            gateway, tenant.id, tenant.customer_id, price, success_url, cancel_url
+            gateway, tenant.id, tenant.customer_id, price, success_url, cancel_url, given_key
         )
 
 
@@ -71,6 +72,7 @@ def _open_checkout(
     price: str,
     success_url: str,
     cancel_url: str,
+    given_key: str | None,
 ) -> dict[str, Any]:
     price_id = price
     if not price.startswith("price_"):
@@ -89,12 +91,11 @@ def _open_checkout(
     }
     if customer_id:
         params["customer"] = customer_id
-    return gateway.create_checkout_session(params, _idempotency_key(tenant_id, params))
+    return gateway.create_checkout_session(params, _idempotency_key(tenant_id, params, given_key))
 
 
-def _idempotency_key(tenant_id: str, params: dict[str, Any]) -> str:
+def _idempotency_key(tenant_id: str, params: dict[str, Any], given: str | None) -> str:
     """The client's Idempotency-Key (scoped to the tenant), or one derived from the request."""
-    given = idempotency_key()
     if given is not None:
         # Stripe compares the parameters a key is reused with, and refuses other ones
         # with an idempotency_error, answered 422 IDEMPOTENCY_KEY_REUSED.
