@@ -196,6 +196,8 @@ def test_stripe_price_lookup_keys_join_the_plans_prices() -> None:
         ({"unit_amount": -1, "currency": "usd", "interval": "month"}, "unit_amount"),
         ({"unit_amount": 100, "currency": "USD", "interval": "month"}, "currency"),
         ({"unit_amount": 100, "currency": "usd", "interval": "monthly"}, "interval"),
+        ({"unit_amount": 100, "currency": "usd", "interval": "week"}, "interval"),
+        ({"unit_amount": 100, "currency": "usd", "interval": "day"}, "interval"),
         ({"unit_amount": 100, "currency": "usd", "interval": "month", "trial": 3}, "unknown"),
         (
             {"unit_amount": 100, "currency": "usd", "interval": "month", "interval_count": 0},

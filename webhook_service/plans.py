@@ -110,7 +110,9 @@ def parse_catalog(data: dict[str, Any]) -> PlanCatalog:
     return PlanCatalog(default_plan=default, plans=tuple(plans))
 
 
-INTERVALS = ("day", "week", "month", "year")
+# A plan grants scans per month: a price billed by the day or week would grant a month's
+# scans every period (a period of a month or less is one quota window).
+INTERVALS = ("month", "year")
 _CURRENCY_RE = re.compile(r"^[a-z]{3}\Z")
 _LOOKUP_KEY_RE = re.compile(r"^[\x21-\x7e]{1,200}\Z")
 
@@ -142,8 +144,8 @@ def _stripe_prices(plan: str, raw: object) -> tuple[StripePrice, ...]:
         if interval not in INTERVALS:
             raise PlanCatalogError(f"{where} interval must be one of {', '.join(INTERVALS)}")
         count = body.get("interval_count", 1)
-        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 365:
-            raise PlanCatalogError(f"{where} interval_count must be an integer from 1 to 365")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 12:
+            raise PlanCatalogError(f"{where} interval_count must be an integer from 1 to 12")
         found.append(StripePrice(key, amount, currency, str(interval), count))
     return tuple(found)
 
