@@ -70,6 +70,12 @@ class RequestTimeout(ServiceError):
     default_message = "The request was not received in full in time."
 
 
+class NotReady(ServiceError):
+    """``/readyz``: what is wrong, check by check (``checks``), for a load balancer."""
+
+    status, code = 503, "NOT_READY"
+
+
 class ServiceUnavailable(ServiceError):
     status, code = 503, "SERVICE_UNAVAILABLE"
     default_message = "The database is unavailable. Retry later; nothing was recorded."

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from webhook_service import metrics
 from webhook_service.context import Services, services
 from webhook_service.db import Database, sqlite_file
+from webhook_service.errors import NotReady
 from webhook_service.migrate import schema_state
 
 bp = Blueprint("ops", __name__)
@@ -156,13 +157,7 @@ def readyz() -> tuple[dict[str, Any], int]:
     }
     if failing:
         message = "; ".join(f"{name}: {state}" for name, state in failing.items())
-        return {
-            "error": "NOT_READY",
-            "message": message,
-            "checks": checks,
-            **body,
-            "status": 503,
-        }, 503
+        return NotReady(message, checks=checks, **body).body(), 503
     return {"status": "ready", "checks": checks, **body}, 200
 
 
