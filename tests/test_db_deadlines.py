@@ -66,3 +66,36 @@ def test_a_server_that_stops_answering_fails_the_transaction_at_the_deadline(
                 assert conn.execute(text("SELECT 4")).scalar_one() == 4
         finally:
             own.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_deadline_passing_after_commit_drops_the_connection(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The COMMIT was answered, then the deadline passed before the watch ended (the
+    socket is shut): the transaction stands, and the connection is not reused."""
+    own = Database(database.url)
+    forget = db.answers.forget
+    armed: list[object] = []
+
+    def late_forget(key: object) -> bool:
+        if armed and key is armed[0]:
+            armed.clear()
+            # The deadline passes now, after the COMMIT returned, before the watch ends.
+            db.answers.watch(key, key.fileno(), 0.0)  # type: ignore[attr-defined]
+            assert wait_for(lambda: db.answers.expired(key), timeout=5)
+        return forget(key)
+
+    monkeypatch.setattr(db.answers, "forget", late_forget)
+    try:
+        with own.transaction() as conn:
+            first_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            armed.append(conn.connection.driver_connection)
+        assert not armed  # the sabotage ran
+        # Kept for the next transaction, or back in the pool, it would fail on its
+        # shut socket; it was dropped instead, and a new connection serves.
+        with own.transaction() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != first_pid
+        assert wait_for(lambda: not _backend_alive(database, first_pid), timeout=5)
+    finally:
+        own.dispose()

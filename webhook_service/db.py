@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,8 +158,19 @@ class _WatchedCursor(psycopg.Cursor[Any]):
 
 
 @contextmanager
-def watched(dbapi_connection: Any, seconds: float = PG_ANSWER_DEADLINE_S) -> Iterator[None]:
-    """Watch a psycopg connection's answers for the block (a no-op for other drivers)."""
+def watched(
+    dbapi_connection: Any,
+    seconds: float = PG_ANSWER_DEADLINE_S,
+    on_expired: Callable[[], None] | None = None,
+) -> Iterator[None]:
+    """Watch a psycopg connection's answers for the block (a no-op for other drivers).
+
+    The deadline may pass after the block's last answer came (a COMMIT that returned
+    just in time) but before the watch ends: the socket is then shut although nothing
+    failed. ``on_expired`` is called in that case (and whenever the deadline fired and
+    the connection was not invalidated meanwhile), so the caller drops the connection
+    instead of reusing it.
+    """
     if not isinstance(dbapi_connection, psycopg.Connection):
         yield
         return
@@ -167,7 +178,9 @@ def watched(dbapi_connection: Any, seconds: float = PG_ANSWER_DEADLINE_S) -> Ite
     try:
         yield
     finally:
-        answers.forget(dbapi_connection)
+        # An invalidation during the block forgot the watch already (returns False).
+        if answers.forget(dbapi_connection) and on_expired is not None:
+            on_expired()
 
 
 class DatabaseStalled(OperationalError):
@@ -223,13 +236,26 @@ def _ping_idle_connections(engine: Engine) -> None:
         idle_since = record.info.pop(_IDLE_SINCE, None)
         if idle_since is None or time.monotonic() - idle_since < PG_PING_AFTER_IDLE_S:
             return
+        shut: list[bool] = []  # the deadline passed just after the ping was answered
         try:
-            with watched(dbapi_connection, PG_PING_DEADLINE_S):
+            with watched(dbapi_connection, PG_PING_DEADLINE_S, lambda: shut.append(True)):
                 with dbapi_connection.cursor() as cursor:
                     cursor.execute("SELECT 1")
                 dbapi_connection.rollback()
         except Exception as exc:
             raise DisconnectionError(f"{type(exc).__name__}: idle connection lost") from exc
+        if shut:
+            raise DisconnectionError("idle connection shut down at its ping's deadline")
+
+
+def _invalidator(conn: Connection) -> Callable[[], None]:
+    """Invalidate ``conn`` (its socket was shut by the watchdog), unless it already is."""
+
+    def invalidate() -> None:
+        if not conn.invalidated:
+            conn.invalidate()
+
+    return invalidate
 
 
 def sqlite_file(url: str) -> str | None:
@@ -587,7 +613,10 @@ class Database:
             lowered = False
             try:
                 lowered = queued and _lower_busy_timeout(conn, deadline)
-                with watched(conn.connection.driver_connection), conn.begin():
+                with (
+                    watched(conn.connection.driver_connection, on_expired=_invalidator(conn)),
+                    conn.begin(),
+                ):
                     yield conn
                 clean = True
             finally:
@@ -599,8 +628,10 @@ class Database:
             self._release(conn, clean, taken)
 
     def ping(self) -> None:
-        with self.engine.connect() as conn, watched(conn.connection.driver_connection):
-            conn.execute(text("SELECT 1"))
+        with self.engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            with watched(driver, PG_ANSWER_DEADLINE_S, _invalidator(conn)):
+                conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
         if self._checkpointer is not None:

@@ -5,9 +5,16 @@ reading a request that trickles in a byte a second) returns at once when the soc
 shut down from another thread: the read sees end-of-file. A :class:`Watchdog` does that
 at a deadline. The owner registers the socket before the wait (:meth:`Watchdog.watch`),
 may push the deadline back between waits (:meth:`Watchdog.rearm`), and forgets it when
-done (:meth:`Watchdog.forget`), always before the socket can be closed, so the watchdog
-never touches a descriptor that was closed and reused. Nothing here uses signals, so it
-works in any thread of any worker model.
+done (:meth:`Watchdog.forget`). ``watch`` duplicates the descriptor once and the
+watchdog shuts the socket down through that duplicate: it refers to the same open socket
+(a shutdown through it is a shutdown of the owner's socket) and stays valid whatever the
+owner does with its own descriptor. So the owner may close its socket before it forgets
+it (libpq closes its socket itself on a reset, gunicorn on some errors): the number may
+then be reused by another socket, which the watchdog never touches. The duplicate is
+closed when the key is forgotten or its deadline fires; until then it also keeps a
+socket the owner closed open (the connection ends at the ``forget``, which every owner
+does in a ``finally``). A duplicate costs about a microsecond per watch (``dup`` and
+``close``). Nothing here uses signals, so it works in any thread of any worker model.
 
 One thread per process and watchdog, started on first use (again in a forked child). It
 wakes at the earliest deadline, and at least every :data:`IDLE_WAKE_S` (so registering
@@ -22,23 +29,20 @@ import threading
 import time
 import weakref
 from collections.abc import Hashable
+from contextlib import suppress
 from typing import Any
 
 IDLE_WAKE_S = 1.0
 
 
-def shutdown_fd(fd: int, how: int) -> None:
-    """``shutdown(2)`` the socket behind ``fd`` (through a duplicate, closed after)."""
+def _duplicate(fd: int) -> socket.socket:
+    """A socket object on a duplicate of ``fd`` (OSError if ``fd`` is not a socket)."""
+    dup = os.dup(fd)
     try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return
-    try:
-        sock.shutdown(how)
-    except OSError:
-        pass  # already closed by the peer, or not connected
-    finally:
-        sock.close()  # only the duplicate: the owner's descriptor stays open
+        return socket.socket(fileno=dup)
+    except BaseException:
+        os.close(dup)  # socket() does not close a descriptor it refused
+        raise
 
 
 class Watchdog:
@@ -48,8 +52,8 @@ class Watchdog:
         self.name = name
         self.how = how
         self._cond = threading.Condition(threading.Lock())
-        # key -> [deadline, fd, window]: a list, so that rearm() can move the deadline
-        # without the lock (one item assignment under the GIL).
+        # key -> [deadline, duplicate socket, window]: a list, so that rearm() can move
+        # the deadline without the lock (one item assignment under the GIL).
         self._entries: dict[Hashable, list[Any]] = {}
         self._expired: set[Hashable] = set()
         self._wake_at = 0.0
@@ -58,15 +62,20 @@ class Watchdog:
         _watchdogs.add(self)
 
     def watch(self, key: Hashable, fd: int, window: float) -> None:
-        """Shut ``fd`` down ``window`` seconds from now (or from the last :meth:`rearm`)."""
+        """Shut the socket ``fd`` down ``window`` seconds from now (or from the last
+        :meth:`rearm`). ``fd`` is duplicated here (OSError if it is not a socket)."""
+        sock = _duplicate(fd)
         deadline = time.monotonic() + window
         with self._cond:
             if self._pid != os.getpid():
                 self._start()
-            self._entries[key] = [deadline, fd, window]
+            previous = self._entries.get(key)
+            self._entries[key] = [deadline, sock, window]
             self._expired.discard(key)
             if deadline < self._wake_at:
                 self._cond.notify()
+        if previous is not None:
+            previous[1].close()
 
     def rearm(self, key: Hashable) -> None:
         """Push the deadline of a watched ``key`` back to its window from now (else no-op).
@@ -79,11 +88,19 @@ class Watchdog:
         if entry is not None:
             entry[0] = time.monotonic() + entry[2]
 
-    def forget(self, key: Hashable) -> None:
-        """Stop watching ``key``; from now on the owner may close its socket."""
+    def forget(self, key: Hashable) -> bool:
+        """Stop watching ``key``; True if its deadline had fired (its socket was shut).
+
+        Atomic with the firing: once this returns False, the socket was not and will not
+        be shut down by this watch.
+        """
         with self._cond:
-            self._entries.pop(key, None)
+            entry = self._entries.pop(key, None)
+            fired = key in self._expired
             self._expired.discard(key)
+        if entry is not None:
+            entry[1].close()  # the watchdog thread only uses it under the lock
+        return fired
 
     def expired(self, key: Hashable) -> bool:
         """True if ``key`` was shut down by its deadline (until it is forgotten)."""
@@ -93,8 +110,7 @@ class Watchdog:
     def _start(self) -> None:
         # Called with the lock held, first in each process: a forked child inherits the
         # entries of the parent's threads (never its own) but not the watchdog thread.
-        self._entries.clear()
-        self._expired.clear()
+        self._close_all()
         self._pid = os.getpid()
         self._wake_at = 0.0
         threading.Thread(target=self._run, name=f"watchdog-{self.name}", daemon=True).start()
@@ -106,12 +122,14 @@ class Watchdog:
                 now = time.monotonic()
                 earliest = now + IDLE_WAKE_S
                 for key, entry in list(self._entries.items()):
-                    deadline, fd, _window = entry
+                    deadline, sock, _window = entry
                     if deadline <= now:
                         del self._entries[key]
                         self._expired.add(key)
                         self.fired += 1
-                        shutdown_fd(fd, self.how)
+                        with suppress(OSError):  # already shut, or reset by the peer
+                            sock.shutdown(self.how)
+                        sock.close()  # the duplicate only: the owner's stays open
                     else:
                         earliest = min(earliest, deadline)
                 self._wake_at = earliest
@@ -121,6 +139,16 @@ class Watchdog:
         # The parent's lock may have been held by one of its threads at the fork.
         self._cond = threading.Condition(threading.Lock())
         self._pid = 0
+        # The duplicates of the parent's entries: a child holding them would keep the
+        # parent's connections open after the parent closed them.
+        self._close_all()
+
+    def _close_all(self) -> None:
+        entries = list(self._entries.values())
+        self._entries.clear()
+        self._expired.clear()
+        for entry in entries:
+            entry[1].close()
 
 
 _watchdogs: weakref.WeakSet[Watchdog] = weakref.WeakSet()

@@ -281,3 +281,29 @@ def test_a_body_shorter_than_its_length_then_held_answers_json(
         assert content_type == "application/json"
         assert body["status"] == status
         assert elapsed < ANSWERED_WITHIN_S
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # /healthz only
+def test_the_read_deadline_starts_with_the_first_bytes_and_keep_alive_survives(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A connection opened, idle for a while (gthread's wait for a new connection's data),
+    then sending a request within the read deadline is served, not cut off at a deadline
+    counted from the accept; the kept-alive connection then serves the next request."""
+    log_path = tmp_path / "gunicorn.log"
+    idle_s = REQUEST_READ_DEADLINE_S - 1.0
+    with running_service(env, workers=1, log_path=log_path) as base_url:
+        sock = _connect(base_url)
+        try:
+            time.sleep(idle_s)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: idle\r\n")
+            time.sleep(2.0)  # past a deadline counted from the accept, not from these bytes
+            sock.sendall(b"\r\n")
+            status, _, _ = _answer(sock, ANSWERED_WITHIN_S)
+            assert status == 200
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: idle\r\n\r\n")
+            status, _, _ = _answer(sock, ANSWERED_WITHIN_S)
+            assert status == 200
+        finally:
+            sock.close()
+    assert "WORKER TIMEOUT" not in log_path.read_text("utf-8", "replace")
