@@ -8,8 +8,9 @@ started reading a request still reads it as slowly as the client sends. So each 
 gets ``REQUEST_READ_DEADLINE_S`` (webhook_service.deadlines) from the moment a thread
 takes it up: past it the socket is shut down for reading by a watchdog thread, the
 blocked read returns end-of-file, and the client either sees its connection closed (it
-was still sending headers) or gets the application's answer to a body cut short (the
-webhook answers 408 ``REQUEST_TIMEOUT``, Flask 400): only the reading side is shut.
+was still sending headers) or gets the application's answer to a body cut short (408
+``REQUEST_TIMEOUT``, on every endpoint: webhook_service.errors.read_timed_out): only the
+reading side is shut.
 """
 
 from __future__ import annotations
