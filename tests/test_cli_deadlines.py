@@ -86,3 +86,21 @@ def test_db_upgrade_waits_for_another_release_step_holding_the_migration_lock(
     assert elapsed >= HOLD_S - 0.5  # it did wait for the lock
     with database.transaction() as conn:
         assert current_revision(conn) == head_revision()
+
+
+def test_db_upgrade_still_bounds_its_wait_for_table_locks(
+    database: Database, runner: CliRunner
+) -> None:
+    """Only the migration lock is waited for without limit: a table lock the migration
+    needs (held here on alembic_version) fails it after lock_timeout, rather than queue
+    the serving path's requests behind it for as long as it waits."""
+    url = make_url(database.url).set(drivername="postgresql")
+    with psycopg.connect(url.render_as_string(hide_password=False)) as holder:
+        holder.execute("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        result = runner.invoke(cli, ["db", "upgrade"])
+        elapsed = time.monotonic() - started
+        holder.rollback()
+    assert result.exit_code == 1, result.output
+    assert "LockNotAvailable" in result.stderr
+    assert db.PG_LOCK_TIMEOUT_MS / 1000 - 0.5 < elapsed < db.PG_LOCK_TIMEOUT_MS / 1000 + 3
