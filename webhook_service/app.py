@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any, cast
 
 from flask import Flask, Request, Response, g, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.utils import cached_property
+from werkzeug.wsgi import LimitedStream
 
 from webhook_service import errors, ops
 from webhook_service.billing import views as billing_views
@@ -27,6 +29,27 @@ from webhook_service.webhooks.wsgi import WebhookEndpoint
 
 # Bodies of the non-webhook endpoints (tenant sync is the largest) are bounded too.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
+
+class ServiceRequest(Request):
+    """Flask's request, whose body read short of its Content-Length raises werkzeug's
+    ``ClientDisconnected`` under gunicorn too.
+
+    gunicorn sets ``wsgi.input_terminated``, so werkzeug bounds the stream by
+    ``max_content_length`` only, and a body cut short (the client went away, or the
+    request's read deadline shut its socket) was read as a shorter body: truncated JSON,
+    answered 400 ``INVALID_REQUEST``. Bounded by its Content-Length, as werkzeug does for
+    other servers, it raises, and the error mapping answers 408 ``REQUEST_TIMEOUT`` when
+    the read deadline cut it (``webhook_service.errors.read_timed_out``), else 400.
+    """
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        stream = super().stream
+        length = self.content_length
+        if length is not None and "wsgi.input_terminated" in self.environ:
+            return cast(IO[bytes], LimitedStream(stream, length))
+        return stream
 
 
 class JSONProvider(DefaultJSONProvider):
@@ -49,6 +72,7 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
     configure_logging(settings.log_format, settings.log_level)
 
     app = Flask(__name__)
+    app.request_class = ServiceRequest
     app.json = JSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     # Never answer with a redirect: Stripe counts a 3xx as a failed delivery.

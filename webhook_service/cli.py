@@ -77,7 +77,10 @@ class Context:
     @property
     def database(self) -> Database:
         if self._database is None:
-            self._database = Database(self.settings.database_url, pool=False)
+            # Migrations and batch jobs: not the requests' deadlines (webhook_service.db).
+            self._database = Database(
+                self.settings.database_url, pool=False, request_deadlines=False
+            )
         return self._database
 
     def event_log(self) -> EventLog:

@@ -57,6 +57,16 @@ PG_CONNECT_TIMEOUT_S = 3
 PG_STATEMENT_TIMEOUT_MS = 3_000
 PG_LOCK_TIMEOUT_MS = 2_000
 PG_ANSWER_DEADLINE_S = 4.0
+# Batch jobs and migrations (the CLI: `db upgrade`, `events prune`, `events reconcile`)
+# run without the request deadlines above: no statement_timeout (an index build on a big
+# table, a prune batch of many rows take what they take; the jobs bound themselves with
+# their batch sizes and --max-seconds) and no answer watchdog (it would cut such a
+# statement off at PG_ANSWER_DEADLINE_S). They keep connect_timeout, the TCP keepalives
+# and tcp_user_timeout (a server gone away is still noticed in seconds) and the short
+# lock_timeout: a job waiting on a table or row lock queues the requests behind it, so it
+# rather fails and is run again. The migration lock alone is waited for longer
+# (webhook_service.migrate.MIGRATION_LOCK_WAIT_MS).
+PG_BATCH_STATEMENT_TIMEOUT_MS = 0  # none
 # The checkout's ping of an idle connection: a live server answers SELECT 1 at once.
 PG_PING_DEADLINE_S = 1.0
 # Waiting for a free pooled connection (all of them busy).
@@ -79,9 +89,11 @@ _BUSY_TIMEOUT_SLACK_MS = 50
 _WRITER_QUEUE_RETRY_S = 60.0
 
 
-def create_db_engine(url: str, *, pool: bool = True) -> Engine:
+def create_db_engine(url: str, *, pool: bool = True, request_deadlines: bool = True) -> Engine:
     """Create an engine with bounded timeouts for ``url``.
 
+    ``request_deadlines`` (PostgreSQL): the serving path's statement_timeout and answer
+    watchdog; False for batch jobs and migrations (see PG_BATCH_STATEMENT_TIMEOUT_MS).
     ``hide_parameters``: a database error's text never carries the statement's values
     (payload fields, key hashes), so it can be logged.
     """
@@ -98,8 +110,11 @@ def create_db_engine(url: str, *, pool: bool = True) -> Engine:
         )
         _configure_sqlite(engine, background_checkpoints=database is not None)
         return engine
+    statement_timeout = (
+        PG_STATEMENT_TIMEOUT_MS if request_deadlines else PG_BATCH_STATEMENT_TIMEOUT_MS
+    )
     options = (
-        f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS} "
+        f"-c statement_timeout={statement_timeout} "
         f"-c lock_timeout={PG_LOCK_TIMEOUT_MS} "
         f"-c idle_in_transaction_session_timeout=60000"
     )
@@ -116,10 +131,11 @@ def create_db_engine(url: str, *, pool: bool = True) -> Engine:
             "keepalives_idle": 10,
             "keepalives_interval": 2,
             "keepalives_count": 3,
-            "cursor_factory": _WatchedCursor,
         },
         "hide_parameters": True,
     }
+    if request_deadlines:
+        kwargs["connect_args"]["cursor_factory"] = _WatchedCursor
     if pool:
         kwargs.update(
             pool_size=5, max_overflow=5, pool_timeout=PG_POOL_TIMEOUT_S, pool_recycle=1800
@@ -127,7 +143,8 @@ def create_db_engine(url: str, *, pool: bool = True) -> Engine:
     else:
         kwargs["poolclass"] = NullPool
     engine = create_engine(parsed, **kwargs)
-    _watch_answers(engine)
+    if request_deadlines:
+        _watch_answers(engine)
     if pool:
         _ping_idle_connections(engine)
     return engine
@@ -181,6 +198,16 @@ def watched(
         # An invalidation during the block forgot the watch already (returns False).
         if answers.forget(dbapi_connection) and on_expired is not None:
             on_expired()
+
+
+@contextmanager
+def _unwatched(
+    dbapi_connection: Any,
+    seconds: float = PG_ANSWER_DEADLINE_S,
+    on_expired: Callable[[], None] | None = None,
+) -> Iterator[None]:
+    """:func:`watched`'s stand-in for a Database without request deadlines (the CLI)."""
+    yield
 
 
 class DatabaseStalled(OperationalError):
@@ -546,11 +573,17 @@ class Database:
     :data:`KEEP_CONNECTION_MAX_S` between passes through the pool, which applies
     ``pool_recycle`` and invalidations). A connection that failed, or sat longer, goes
     back to the pool, whose checkout pings an idle one.
+
+    ``request_deadlines=False``: a database for batch jobs and migrations (the CLI's),
+    without the serving path's statement_timeout and answer watchdog.
     """
 
-    def __init__(self, url: str, *, pool: bool = True) -> None:
+    def __init__(self, url: str, *, pool: bool = True, request_deadlines: bool = True) -> None:
         self.url = url
-        self.engine = create_db_engine(url, pool=pool)
+        self.request_deadlines = request_deadlines
+        self.engine = create_db_engine(url, pool=pool, request_deadlines=request_deadlines)
+        # Batch jobs and migrations wait for the server's answers without a deadline.
+        self._watched = watched if request_deadlines else _unwatched
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         database = sqlite_file(url) if self.is_sqlite else None
         self._writers = writer_queue(database) if database is not None else None
@@ -600,7 +633,8 @@ class Database:
 
         A SQLite write transaction first waits its turn in the file's writer queue, for
         at most the busy timeout; the queue is released once it commits or rolls back.
-        On PostgreSQL every wait for the server's answer has a deadline (:func:`watched`).
+        On PostgreSQL every wait for the server's answer has a deadline (:func:`watched`),
+        unless the database was made without ``request_deadlines``.
         """
         queue = self._writers if write else None
         if queue is not None and self._checkpointer is not None:
@@ -614,7 +648,7 @@ class Database:
             try:
                 lowered = queued and _lower_busy_timeout(conn, deadline)
                 with (
-                    watched(conn.connection.driver_connection, on_expired=_invalidator(conn)),
+                    self._watched(conn.connection.driver_connection, on_expired=_invalidator(conn)),
                     conn.begin(),
                 ):
                     yield conn
@@ -630,7 +664,7 @@ class Database:
     def ping(self) -> None:
         with self.engine.connect() as conn:
             driver = conn.connection.driver_connection
-            with watched(driver, PG_ANSWER_DEADLINE_S, _invalidator(conn)):
+            with self._watched(driver, PG_ANSWER_DEADLINE_S, _invalidator(conn)):
                 conn.execute(text("SELECT 1"))
 
     def dispose(self) -> None:

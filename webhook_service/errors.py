@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from gunicorn.http.errors import NoMoreData, ParseException
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
+
+from webhook_service.deadlines import read_deadline_passed
 
 log = structlog.get_logger(__name__)
 
@@ -221,13 +223,31 @@ class MalformedBody(ServiceError):
     default_message = "The request body is malformed."
 
 
-def service_error_for(exc: Exception) -> ServiceError:
-    """The error answered for ``exc`` (any exception but werkzeug's HTTP ones), logged.
+def read_timed_out(exc: BaseException, environ: dict[str, Any] | None) -> bool:
+    """``exc`` is a body read short because the request's read deadline shut its socket
+    (see webhook_service.worker): the client was too slow (408), not malformed (400).
+
+    A body cut short surfaces as werkzeug's ``ClientDisconnected`` (fewer bytes than the
+    Content-Length) or, chunked, as gunicorn's ``NoMoreData``/``ParseException``.
+    """
+    return (
+        environ is not None
+        and isinstance(exc, (ClientDisconnected, ParseException, NoMoreData))
+        and read_deadline_passed(environ)
+    )
+
+
+def service_error_for(exc: Exception, environ: dict[str, Any] | None = None) -> ServiceError:
+    """The error answered for ``exc`` (any exception but werkzeug's HTTP ones), logged;
+    ``environ``, the request's, tells a body cut by the read deadline (408).
 
     The one mapping, shared by Flask's error handlers and the webhook's WSGI path.
     """
     if isinstance(exc, ServiceError):
         return exc
+    if read_timed_out(exc, environ):
+        log.info("request_read_timeout", error=type(exc).__name__)
+        return RequestTimeout()
     if isinstance(exc, DBAPIError) and _schema_missing(exc):
         log.warning("database_not_migrated", error=type(exc.orig).__name__, hint=MIGRATE_HINT)
         return ServiceUnavailable()
@@ -256,8 +276,12 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
+        if read_timed_out(exc, request.environ):
+            # The 400 werkzeug raises for a body shorter than its Content-Length: here
+            # the read deadline cut it, so the webhook's answer, 408 REQUEST_TIMEOUT.
+            return error_response(service_error_for(exc, request.environ))
         return http_error_response(exc)
 
     @app.errorhandler(Exception)
     def _any_error(exc: Exception) -> Response:
-        return error_response(service_error_for(exc))
+        return error_response(service_error_for(exc, request.environ))

@@ -19,6 +19,13 @@ from sqlalchemy import Connection, inspect, text
 from webhook_service.db import Database
 
 MIGRATION_LOCK_KEY = 0x4E41545748  # "NATWH"
+# How long `db upgrade` waits for the migration lock: without limit (0). Its holder is
+# another instance's release step, migrating; it lets go when that migration commits or
+# fails, or when its session ends (TCP keepalives notice a holder gone away). Any finite
+# wait shorter than the slowest migration would fail the very deploy that only had to
+# wait, and the deploy's own timeout still bounds the whole release step. Once the lock
+# is held, the database's lock_timeout applies again to the migration's table locks.
+MIGRATION_LOCK_WAIT_MS = 0
 
 
 def alembic_config() -> Config:
@@ -94,14 +101,24 @@ class DatabaseAhead(Exception):
 def upgrade(database: Database, revision: str = "head") -> None:
     """Bring the schema up to ``revision`` in one transaction.
 
+    ``database`` should be made with ``request_deadlines=False`` (the CLI's is): with the
+    serving path's deadlines a statement over 3 s, or a wait for the migration lock over
+    4 s, fails the migration.
+
     Raises :class:`DatabaseAhead` (changing nothing) when the database is at a revision
     this code does not know: a newer release migrated it, and this one runs on it as is.
     """
     config = alembic_config()
     with database.transaction(write=True) as conn:
         if not database.is_sqlite:
-            # Several instances may run their release step at once: one migrates.
+            # Several instances may run their release step at once: one migrates, the
+            # others wait for it (MIGRATION_LOCK_WAIT_MS), then find nothing to do.
+            (timeout,) = conn.execute(text("SHOW lock_timeout")).one()
+            conn.execute(text(f"SET LOCAL lock_timeout = {MIGRATION_LOCK_WAIT_MS}"))
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.execute(
+                text("SELECT set_config('lock_timeout', :value, true)"), {"value": timeout}
+            )
         state = schema_state(conn)
         if state.ahead:
             raise DatabaseAhead(state)

@@ -8,8 +8,9 @@ started reading a request still reads it as slowly as the client sends. So each 
 gets ``REQUEST_READ_DEADLINE_S`` (webhook_service.deadlines) from the moment its first
 bytes are there: past it the socket is shut down for reading by a watchdog thread, the
 blocked read returns end-of-file, and the client either sees its connection closed (it
-was still sending headers) or gets the application's answer to a body cut short (the
-webhook answers 408 ``REQUEST_TIMEOUT``, Flask 400): only the reading side is shut.
+was still sending headers) or gets the application's answer to a body cut short (408
+``REQUEST_TIMEOUT``, on every endpoint: webhook_service.errors.read_timed_out): only the
+reading side is shut.
 
 A new connection that sends nothing is left to gthread as it is: its pool thread waits
 ``DEFAULT_WORKER_DATA_TIMEOUT`` for data, then hands the connection back to the poller

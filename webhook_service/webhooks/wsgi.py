@@ -112,7 +112,7 @@ class WebhookEndpoint:
             )
             status = 200
         except Exception as exc:
-            error = service_error_for(exc)
+            error = service_error_for(exc, environ)
             status, answer, extra = error.status, error.body(), error.headers()
         # As Flask's JSON provider writes it: compact, ASCII, one trailing newline.
         data = json.dumps(answer, separators=(",", ":")).encode("ascii") + b"\n"
