@@ -110,38 +110,6 @@ def test_renewal_seen_early_does_not_charge_the_finished_period(
     assert counted_in(database, "tnt_early_renewal", Window(at(second[0]), at(second[1]))) == 500
 
 
-def test_spends_while_a_finished_period_stays_in_force_count_in_it_only(
-    client: FlaskClient,
-    clock: Clock,
-    database: Database,
-    make_tenant: Callable[..., str],
-    post_event: Callable[..., TestResponse],
-) -> None:
-    """Count a spend made after the period ended, before Stripe's renewal arrived, in the
-    finished period whose quota allowed it, and not again in the next one."""
-    sub = Subscription()
-    key = make_tenant("tnt_late_renewal", customer=sub.customer)
-    first = (utc(2025, 1, 1), utc(2025, 2, 1))
-    second = (utc(2025, 2, 1), utc(2025, 3, 1))
-    clock.set(utc(2025, 1, 20))
-    assert applied(
-        post_event(sub.event("customer.subscription.created", "active", first, first[0]))
-    )
-    assert spend(client, key, 300).status_code == 200
-
-    clock.set(first[1] + 3600)  # the period ended an hour ago; the renewal is late
-    assert spend(client, key, 200).status_code == 200
-    assert spend(client, key, 1).status_code == 402  # the finished period stays in force
-
-    clock.set(second[0] + 7200)
-    assert applied(
-        post_event(sub.event("customer.subscription.updated", "active", second, second[0]))
-    )
-    usage = usage_of(client, key)
-    assert (usage["scans_used"], usage["scans_remaining"]) == (0, 500)
-    assert counted_in(database, "tnt_late_renewal", Window(at(first[0]), at(first[1]))) == 500
-
-
 # --------------------------------------------------------------------------- the property
 
 # Period lengths: a month, a week, a 14-day trial, a 45-day prorated period, a 60-day trial.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -23,9 +23,6 @@ TERMINAL_STATUSES = frozenset({"canceled", "incomplete_expired"})
 
 def rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-_LAST_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -56,21 +53,18 @@ class Entitlement:
     def spend_time(self, now: datetime) -> datetime:
         """The timestamp a spend accepted at ``now`` against this entitlement is stored with.
 
-        Inside the window its quota was checked against, whatever the clocks say:
         ``now``, or the window's start when the service's clock is behind it (clock skew
-        at renewal, Stripe test clocks), or the window's last microsecond once it has
-        ended but stays in force (Stripe has not reported the next period yet). So every
-        accepted spend counts in exactly that window: never outside every window, and
-        never again in the next period, whose quota did not see it.
+        at renewal, Stripe test clocks): a spend counts in the window its quota was
+        checked against, whatever the clocks say. While the window is open that time is
+        inside it (``now`` < end); once closed, the window stays in force counting all
+        since its start. So no accepted spend ever falls outside every window.
 
         The timestamp is clamped, not the reading: a reading that counted from the
         earlier of the start and ``now`` would move with the clock, and a spend accepted
         before the start would later fall into the previous period, whose quota never
         saw it.
         """
-        if self.window_open:
-            return max(now, self.window.start)
-        return max(self.window.start, self.window.end - _LAST_MICROSECOND)
+        return max(now, self.window.start)
 
     def key(self) -> tuple[Any, ...]:
         return (
