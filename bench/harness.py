@@ -1198,7 +1198,8 @@ def render_report(bench: Bench, machine: dict[str, str], elapsed: float) -> str:
     add(
         f"- {opts.rounds} alternating round(s) of {opts.duration:g} s per figure and phase, "
         f"{opts.connections} concurrent connections, medians reported; "
-        f"WEB_CONCURRENCY={opts.workers} (sync workers) for the service and the baseline."
+        f"WEB_CONCURRENCY={opts.workers} (threaded workers, `webhook_service.gunicorn_config`) "
+        "for the service and the baseline."
     )
     add(
         f"- {opts.tenants} tenants synced with `POST /api/v1/tenants/sync`, each with one API "
