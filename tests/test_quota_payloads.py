@@ -137,6 +137,27 @@ def test_proration_invoices_do_not_move_the_period(
     assert count_rows(database, "tenant_changes", "tenant_id = 'tnt_proration'") == 2
 
 
+@pytest.mark.parametrize("reason", [{"x": 1}, ["subscription_cycle"], 7, None])
+def test_an_invoice_whose_billing_reason_is_not_a_string_moves_nothing(
+    reason: object,
+    client: FlaskClient,
+    post_event: Callable[..., TestResponse],
+    make_tenant: Callable[..., str],
+) -> None:
+    """Treat a billing_reason that is not a string as no create or cycle invoice (200, no
+    period move), never as a handler crash (found by the hostile-input fuzz test)."""
+    sub = Subscription()
+    key = make_tenant("tnt_odd_reason", customer=sub.customer)
+    created = sub.event("customer.subscription.created", "active", JAN, JAN[0])
+    assert post_event(created).json["outcome"] == "processed"
+    invoice = sub.invoice(FEB, JAN[0] + 86400)
+    invoice["data"]["object"]["billing_reason"] = reason
+    response = post_event(invoice)
+    assert response.status_code == 200, response.json
+    assert response.json["outcome"] == "processed"
+    assert usage_of(client, key)["period_start"] == "2025-01-01T00:00:00Z"
+
+
 def test_quantity_zero_grants_zero_scans(
     post_event: Callable[..., TestResponse],
     make_tenant: Callable[..., str],

@@ -164,7 +164,8 @@ def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult
 def invoice_paid(event: StripeEvent, ctx: EventContext) -> HandlerResult:
     """Occurs whenever an invoice payment attempt succeeds or an invoice is marked as paid."""
     invoice = event.object
-    if invoice.get("billing_reason") not in PERIOD_BILLING_REASONS:
+    reason = invoice.get("billing_reason")
+    if not isinstance(reason, str) or reason not in PERIOD_BILLING_REASONS:
         customer = object_id(invoice.get("customer"))
         return HandlerResult("processed", tenant_for_customer(ctx.conn, customer))
     period = read_invoice_period(event)
