@@ -29,6 +29,7 @@ from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
 from tests.openapi_check import OpenAPIClient
+from tests.stripe_stub import StripeStub, running_stripe_stub
 from webhook_service.app import create_app
 from webhook_service.config import Settings, load_settings
 from webhook_service.db import Database
@@ -67,6 +68,13 @@ def openapi_checked_test_clients() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Flask, "test_client_class", OpenAPIClient)
         yield
+
+
+@pytest.fixture
+def stripe_stub() -> Iterator[StripeStub]:
+    """The local stand-in for Stripe's API (reached through STRIPE_API_BASE)."""
+    with running_stripe_stub() as stub:
+        yield stub
 
 
 @pytest.fixture

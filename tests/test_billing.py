@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +14,13 @@ from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
 from tests.conftest import SYNC_KEY
-from tests.stripe_stub import StripeStub, running_stripe_stub
+from tests.stripe_stub import StripeStub
 from webhook_service.billing.stripe_api import StripeGateway
 
 API_KEY = "nat_pk_billing_tenant_key_0001"
 OTHER_KEY = "nat_pk_billing_tenant_key_0002"
 STRIPE_KEY = "sk_test_stub_51NatBilling"
 URLS = {"success_url": "https://app.nat.test/ok", "cancel_url": "https://app.nat.test/cancel"}
-
-
-@pytest.fixture
-def stripe_stub() -> Iterator[StripeStub]:
-    with running_stripe_stub() as stub:
-        yield stub
 
 
 @pytest.fixture

@@ -23,9 +23,8 @@ from tests.stripe_stub import StripeStub, running_stripe_stub
 from tests.test_billing import API_KEY, STRIPE_KEY, URLS, checkout, sync
 from webhook_service.db import Database
 
-# The billing tests' fixtures: a Stripe stand-in, the app configured for it, a tenant.
+# The billing tests' fixtures: the app configured for the Stripe stand-in (conftest), a tenant.
 env = test_billing.env
-stripe_stub = test_billing.stripe_stub
 tenant = test_billing.tenant
 
 PORTAL = "/api/v1/billing/portal"

@@ -6,7 +6,6 @@ prices, searches prices by lookup key and answers a repeated idempotency key as 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,12 @@ from click.testing import CliRunner
 from flask import Flask
 
 from tests.conftest import SYNC_KEY
-from tests.stripe_stub import StripeStub, running_stripe_stub
+from tests.stripe_stub import StripeStub
 from webhook_service.cli import cli
 from webhook_service.plans import PlanCatalogError, StripePrice, load_catalog, parse_catalog
 
 STRIPE_KEY = "sk_test_stub_51NatCatalog"
 API_KEY = "nat_pk_catalog_tenant_key_0001"
-
-
-@pytest.fixture
-def stripe_stub() -> Iterator[StripeStub]:
-    with running_stripe_stub() as stub:
-        yield stub
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ spent. One length rule (1-255 printable ASCII characters) holds for every endpoi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,9 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from tests.conftest import spend, usage_of
-from tests.stripe_stub import StripeStub, running_stripe_stub
+from tests.stripe_stub import StripeStub
 
 URLS = {"success_url": "https://app.nat.test/ok", "cancel_url": "https://app.nat.test/cancel"}
-
-
-@pytest.fixture
-def stripe_stub() -> Iterator[StripeStub]:
-    with running_stripe_stub() as stub:
-        yield stub
 
 
 @pytest.fixture

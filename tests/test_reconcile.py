@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,16 +13,10 @@ from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
 from tests.conftest import count_rows
-from tests.stripe_stub import StripeStub, running_stripe_stub
+from tests.stripe_stub import StripeStub
 from webhook_service.cli import cli
 from webhook_service.db import Database
 from webhook_service.handlers import build_router
-
-
-@pytest.fixture
-def stripe_stub() -> Iterator[StripeStub]:
-    with running_stripe_stub() as stub:
-        yield stub
 
 
 @pytest.fixture
