@@ -2,7 +2,7 @@
 
 ``request.data``, ``stripe.Webhook.construct_event(payload, sig_header, secret)``,
 answer 200 ``{"received": true}``; nothing is stored. The benchmark runs it under the
-same gunicorn settings as the service (``-c python:webhook_service.gunicorn_config``,
+same gunicorn settings as the service (``-c python:webhook_service.web.gunicorn_config``,
 2 threaded workers) and reports every figure of the service as a ratio to it.
 """
 

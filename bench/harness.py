@@ -3,7 +3,7 @@
 For each backend (SQLite, PostgreSQL) and each state (an empty log; then a log of
 1,000,000 events and 100,000 tenants), the service is started as the Procfile does
 (``webhook-service db upgrade``, then ``webhook-service serve``: gunicorn with
-``-c python:webhook_service.gunicorn_config``, WEB_CONCURRENCY=2), a plan catalog and
+``-c python:webhook_service.web.gunicorn_config``, WEB_CONCURRENCY=2), a plan catalog and
 500 tenants are synced, and every tenant's subscription is created by a webhook. The
 baseline (``bench/baseline_app.py``) runs beside it under the same gunicorn settings.
 Then rounds alternate: baseline webhooks and service webhooks (the order flips every
@@ -681,7 +681,7 @@ class Bench:
                 "-m",
                 "gunicorn",
                 "-c",
-                "python:webhook_service.gunicorn_config",
+                "python:webhook_service.web.gunicorn_config",
                 "bench.baseline_app:app",
             ]
             ready = "/healthz"
@@ -1198,7 +1198,7 @@ def render_report(bench: Bench, machine: dict[str, str], elapsed: float) -> str:
     add(
         f"- {opts.rounds} alternating round(s) of {opts.duration:g} s per figure and phase, "
         f"{opts.connections} concurrent connections, medians reported; "
-        f"WEB_CONCURRENCY={opts.workers} (threaded workers, `webhook_service.gunicorn_config`) "
+        f"WEB_CONCURRENCY={opts.workers} (threaded workers, `webhook_service.web.gunicorn_config`) "
         "for the service and the baseline."
     )
     add(

@@ -39,10 +39,10 @@ from bench.harness import (
 )
 from tests import stripe_events as se
 from webhook_service import sql
-from webhook_service.app import create_app
 from webhook_service.db import Database
 from webhook_service.migrate import upgrade
 from webhook_service.sql import Prepared
+from webhook_service.web.app import create_app
 
 
 def _statement_kind(statement: str) -> str:

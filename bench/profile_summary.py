@@ -51,7 +51,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("SQLAlchemy (engine, pool, results, construct)", ("sqlalchemy/",)),
     ("logging (structlog + stdlib)", ("structlog/", "logging/__init__.py", "logging/")),
     ("prometheus metrics", ("prometheus_client/",)),
-    ("rate limiter", ("webhook_service/ratelimit.py", "limits/")),
+    ("rate limiter", ("webhook_service/web/ratelimit.py", "limits/")),
     ("stripe SDK", ("stripe/",)),
     ("json", ("json/",)),
     ("hmac / hashlib", ("hmac.py", "hashlib")),

@@ -30,11 +30,11 @@ from werkzeug.test import TestResponse
 from tests import stripe_events as se
 from tests.openapi_check import OpenAPIClient
 from tests.stripe_stub import StripeStub, running_stripe_stub
-from webhook_service.app import create_app
 from webhook_service.config import Settings, load_settings
 from webhook_service.db import Database
 from webhook_service.migrate import upgrade
 from webhook_service.models import metadata
+from webhook_service.web.app import create_app
 
 WEBHOOK_SECRET = "whsec_test_primary_0123456789abcdef0123"
 SECOND_SECRET = "whsec_test_rolled_fedcba9876543210fedc"

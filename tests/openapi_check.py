@@ -18,7 +18,7 @@ from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAP
 from openapi_core.templating.paths.exceptions import OperationNotFound, PathNotFound
 from werkzeug.test import TestResponse
 
-from webhook_service.ops import openapi_document
+from webhook_service.web.ops import openapi_document
 
 
 class _SentRequest(WerkzeugOpenAPIRequest):

@@ -1,7 +1,7 @@
 """Start the real service (gunicorn, the production config) or its CLI in tests.
 
-``running_service(env)`` starts ``gunicorn -c python:webhook_service.gunicorn_config
-'webhook_service.app:create_app()'`` on a free port of 127.0.0.1 (working directory: a
+``running_service(env)`` starts ``gunicorn -c python:webhook_service.web.gunicorn_config
+'webhook_service.web.app:create_app()'`` on a free port of 127.0.0.1 (working directory: a
 scratch directory, so no stray ``.env`` or ``var/`` is used), waits until ``/healthz``
 answers and yields the base URL; on exit it stops the server (SIGTERM, then SIGKILL of
 its own process group) and removes its metrics directory. ``running_services(env, n)``
@@ -31,7 +31,7 @@ from typing import Any
 BIN = Path(sys.executable).parent
 GUNICORN = str(BIN / "gunicorn")
 WEBHOOK_SERVICE = str(BIN / "webhook-service")
-APP = "webhook_service.app:create_app()"
+APP = "webhook_service.web.app:create_app()"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 # Variables of the developer's shell that must not leak into a service under test.
@@ -136,7 +136,7 @@ class _Server:
                 "PROMETHEUS_MULTIPROC_DIR": self.metrics_dir,
             }
         )
-        argv = [GUNICORN, "-c", "python:webhook_service.gunicorn_config", "--bind"]
+        argv = [GUNICORN, "-c", "python:webhook_service.web.gunicorn_config", "--bind"]
         with self.log_path.open("ab") as stderr:
             self.process = subprocess.Popen(
                 [*argv, f"127.0.0.1:{port}", APP],

@@ -20,8 +20,8 @@ from werkzeug.test import TestResponse
 
 from tests.conftest import REDIS_URL, SYNC_KEY, new_api_key
 from tests.test_ratelimit import assert_rate_limited
-from webhook_service.app import create_app
 from webhook_service.config import load_settings
+from webhook_service.web.app import create_app
 
 LIMIT = 10
 ATTACKER = "203.0.113.66"

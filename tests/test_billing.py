@@ -351,7 +351,7 @@ def test_billing_needs_an_api_key(client: FlaskClient, stripe_stub: StripeStub, 
 @pytest.mark.parametrize("path", ["/api/v1/billing/checkout", "/api/v1/billing/portal"])
 def test_billing_not_configured(env: dict[str, str], path: str, stripe_stub: StripeStub) -> None:
     """Answer 503 BILLING_NOT_CONFIGURED for both endpoints without STRIPE_API_KEY."""
-    from webhook_service.app import create_app
+    from webhook_service.web.app import create_app
 
     env = {k: v for k, v in env.items() if k != "STRIPE_API_KEY"}
     app = create_app(env)

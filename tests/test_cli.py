@@ -30,8 +30,8 @@ from tests.servers import APP, GUNICORN, WEBHOOK_SERVICE, clean_environ, free_po
 from webhook_service.cli import cli
 from webhook_service.config import load_settings
 from webhook_service.db import Database
-from webhook_service.handlers import build_router
 from webhook_service.migrate import current_revision, head_revision
+from webhook_service.services import build_router
 from webhook_service.webhooks.eventlog import EventFailed, EventLog
 from webhook_service.webhooks.events import parse_event
 
@@ -415,7 +415,7 @@ def test_processes_with_bad_config_start_nothing(tmp_path: Path) -> None:
     runs = [
         ([WEBHOOK_SERVICE, "serve"], {"STRIPE_WEBHOOK_TOLERANCE": "0"}, "STRIPE_WEBHOOK_TOLERANCE"),
         (
-            [GUNICORN, "-c", "python:webhook_service.gunicorn_config", APP],
+            [GUNICORN, "-c", "python:webhook_service.web.gunicorn_config", APP],
             {"DATABASE_URL": "nonsense"},
             "DATABASE_URL",
         ),

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
 from webhook_service import db
-from webhook_service.cli import Context, cli
+from webhook_service.cli import Runtime, cli
 from webhook_service.db import Database
 from webhook_service.migrate import MIGRATION_LOCK_KEY, current_revision, head_revision
 
@@ -45,7 +45,7 @@ def cli_database(
     monkeypatch.chdir(tmp_path)  # no stray .env
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    database = Context().database
+    database = Runtime().database
     yield database
     database.dispose()
 

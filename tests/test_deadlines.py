@@ -16,10 +16,10 @@ import pytest
 from gunicorn.config import Config
 from gunicorn.workers import gthread
 
-import webhook_service.worker
+import webhook_service.web.worker
 from tests.conftest import wait_for
 from webhook_service.deadlines import Watchdog, request_reads
-from webhook_service.worker import DeadlineThreadWorker
+from webhook_service.web.worker import DeadlineThreadWorker
 
 
 def _open_fds() -> int:
@@ -119,7 +119,7 @@ def _worker() -> Any:
 
 @pytest.fixture(autouse=True)
 def short_read_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(webhook_service.worker, "REQUEST_READ_DEADLINE_S", 0.2)
+    monkeypatch.setattr(webhook_service.web.worker, "REQUEST_READ_DEADLINE_S", 0.2)
 
 
 def _kept_alive_conn(sock: socket.socket) -> Any:

@@ -11,7 +11,7 @@ import click
 import pytest
 
 from webhook_service.cli import cli
-from webhook_service.handlers import build_router
+from webhook_service.services import build_router
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

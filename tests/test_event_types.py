@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from webhook_service.cli import cli
-from webhook_service.handlers import build_router
+from webhook_service.services import build_router
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

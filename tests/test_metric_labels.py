@@ -16,7 +16,7 @@ from werkzeug.test import TestResponse
 from tests import stripe_events as se
 from tests.conftest import SECOND_SECRET, WEBHOOK_SECRET
 from tests.test_ops import metric_value
-from webhook_service.handlers import build_router
+from webhook_service.services import build_router
 
 # RFC 9110's methods and PATCH (RFC 5789).
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}

@@ -16,8 +16,8 @@ from werkzeug.test import TestResponse
 from tests import stripe_events as se
 from tests.conftest import WEBHOOK_SECRET
 from tests.servers import closed_port
-from webhook_service.app import create_app
 from webhook_service.migrate import head_revision
+from webhook_service.web.app import create_app
 
 
 def failing_event() -> dict[str, Any]:

@@ -144,7 +144,7 @@ def test_init_env_writes_port_and_stripe_api_key_and_hints_the_real_port(
 
 
 def gunicorn_bind(env: dict[str, str]) -> list[str]:
-    code = "from webhook_service import gunicorn_config as g; print(','.join(g.bind))"
+    code = "from webhook_service.web import gunicorn_config as g; print(','.join(g.bind))"
     done = subprocess.run(
         [sys.executable, "-c", code],
         env=clean_environ(env),

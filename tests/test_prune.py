@@ -14,13 +14,13 @@ from flask import Flask
 
 from tests import stripe_events as se
 from tests.conftest import SYNC_KEY, WEBHOOK_SECRET, count_rows
-from webhook_service.app import create_app
 from webhook_service.cli import cli
 from webhook_service.config import load_settings
 from webhook_service.db import Database
-from webhook_service.handlers import build_router
 from webhook_service.migrate import upgrade
 from webhook_service.models import stripe_events
+from webhook_service.services import build_router
+from webhook_service.web.app import create_app
 from webhook_service.webhooks.eventlog import EventLog
 
 

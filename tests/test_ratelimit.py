@@ -19,8 +19,8 @@ from tests.conftest import (
     sync_tenants,
     utc,
 )
-from webhook_service.app import create_app
 from webhook_service.db import Database
+from webhook_service.web.app import create_app
 
 JAN = (utc(2025, 1, 1), utc(2025, 2, 1))
 

@@ -22,9 +22,9 @@ from flask.testing import FlaskClient
 from tests.conftest import REDIS_URL, wait_for
 from tests.tcp_proxy import TcpProxy
 from tests.test_ops import metric_value
-from webhook_service.app import create_app
+from webhook_service.web.app import create_app
 
-REDIS_READ_TIMEOUT_S = 0.25  # webhook_service.ratelimit's deadline
+REDIS_READ_TIMEOUT_S = 0.25  # webhook_service.web.ratelimit's deadline
 
 # Generous: the deadline is REDIS_READ_TIMEOUT_S (0.25 s); before, a request never ended.
 SLOWEST_REQUEST_S = 2.0

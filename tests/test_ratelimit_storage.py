@@ -1,4 +1,4 @@
-"""webhook_service.ratelimit: the fixed window, its memory storage, the fallback on an outage.
+"""webhook_service.web.ratelimit: the fixed window, its memory storage, the fallback on an outage.
 
 The counting is checked against ``limits``' own MemoryStorage and FixedWindowRateLimiter
 (what flask-limiter counted with), the Redis keys against flask-limiter's layout, and an
@@ -28,10 +28,10 @@ from limits.strategies import FixedWindowRateLimiter
 from tests.conftest import count_rows, spend
 from tests.tcp_proxy import TcpProxy
 from tests.test_ratelimit import assert_rate_limited, usage
-from webhook_service import ratelimit
-from webhook_service.app import create_app
 from webhook_service.db import Database
-from webhook_service.ratelimit import FixedWindowLimit, FixedWindowMemoryStorage, make_storage
+from webhook_service.web import ratelimit
+from webhook_service.web.app import create_app
+from webhook_service.web.ratelimit import FixedWindowLimit, FixedWindowMemoryStorage, make_storage
 
 
 class Clock:

@@ -22,10 +22,10 @@ from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
 from tests.conftest import POSTGRES_URL, WEBHOOK_SECRET, wait_for
-from webhook_service.app import create_app
 from webhook_service.cli import cli
 from webhook_service.db import Database
 from webhook_service.migrate import current_revision, head_revision, upgrade
+from webhook_service.web.app import create_app
 
 FUTURE_REVISION = "0099_from_a_newer_release"
 

@@ -16,7 +16,7 @@ from tests.conftest import count_rows
 from tests.stripe_stub import StripeStub
 from webhook_service.cli import cli
 from webhook_service.db import Database
-from webhook_service.handlers import build_router
+from webhook_service.services import build_router
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ class CutStream:
 
 @pytest.fixture
 def gunicorn_socket() -> Iterator[socket.socket]:
-    """A request's socket, as gunicorn's worker watches it (webhook_service.worker)."""
+    """A request's socket, as gunicorn's worker watches it (webhook_service.web.worker)."""
     ours, theirs = socket.socketpair()
     request_reads.watch(ours, ours.fileno(), 60.0)
     try:

@@ -13,7 +13,7 @@ from tests import stripe_events as se
 from tests.conftest import WEBHOOK_SECRET, env_flag
 from tests.servers import clean_environ, run_cli
 from tests.test_logging import capture
-from webhook_service.app import create_app
+from webhook_service.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 MIGRATE = "run `webhook-service db upgrade`"

@@ -25,9 +25,9 @@ from flask.testing import FlaskClient
 from tests import stripe_events as se
 from tests.conftest import WEBHOOK_SECRET, scratch_postgres_database
 from tests.servers import closed_port
-from webhook_service.app import create_app
 from webhook_service.db import Database
 from webhook_service.migrate import upgrade
+from webhook_service.web.app import create_app
 
 WEBHOOK = "/api/v1/billing/webhook"
 FAST_S = 5.0  # well under Stripe's 10 s delivery timeout

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 
 from tests import stripe_events as se
 from tests.conftest import WEBHOOK_SECRET
-from webhook_service.webhooks import wsgi
+from webhook_service.web import webhook as wsgi
 
 WEBHOOK = "/api/v1/billing/webhook"
 

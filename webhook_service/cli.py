@@ -33,11 +33,11 @@ from webhook_service.billing.stripe_api import StripeGateway
 from webhook_service.config import ConfigError, Settings, load_settings, redact_url
 from webhook_service.db import Database
 from webhook_service.errors import ServiceError
-from webhook_service.handlers import build_router
 from webhook_service.logging import configure_logging
 from webhook_service.migrate import DatabaseAhead, upgrade
 from webhook_service.quotas.service import QuotaService
 from webhook_service.quotas.tenants import API_KEY_RE, CUSTOMER_ID_RE, TENANT_ID_RE
+from webhook_service.services import build_router
 from webhook_service.webhooks.eventlog import EventFailed, EventLog
 
 _DURATION_RE = re.compile(r"^(\d+)([smhd])$")
@@ -52,7 +52,7 @@ def parse_duration(value: str) -> timedelta:
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
-class Context:
+class Runtime:
     """Settings and the database, opened on first use (so --help needs neither)."""
 
     def __init__(self) -> None:
@@ -90,7 +90,7 @@ class Context:
         return QuotaService(self.database, self.settings.catalog)
 
 
-pass_context = click.make_pass_decorator(Context, ensure=True)
+pass_runtime = click.make_pass_decorator(Runtime, ensure=True)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -115,7 +115,7 @@ class ReportsDatabaseErrors(click.Group):
     database cannot be used (unreachable, not migrated, locked)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        state = ctx.ensure_object(Context)  # shared with the subcommand (pass_context)
+        state = ctx.ensure_object(Runtime)  # shared with the subcommand (pass_runtime)
         try:
             return super().invoke(ctx)
         except SQLAlchemyError as exc:
@@ -129,10 +129,10 @@ def cli() -> None:
 
 
 @cli.command()
-@pass_context
-def serve(ctx: Context) -> None:
+@pass_runtime
+def serve(runtime: Runtime) -> None:
     """Run the production server (gunicorn, the Procfile's settings)."""
-    settings = ctx.settings  # validate before gunicorn starts its workers
+    settings = runtime.settings  # validate before gunicorn starts its workers
     if not settings.webhook_secrets:
         click.echo(
             "warning: STRIPE_WEBHOOK_SECRET is not set: the webhook answers 503 "
@@ -153,8 +153,8 @@ def serve(ctx: Context) -> None:
         "-m",
         "gunicorn",
         "-c",
-        "python:webhook_service.gunicorn_config",
-        "webhook_service.app:create_app()",
+        "python:webhook_service.web.gunicorn_config",
+        "webhook_service.web.app:create_app()",
     ]
     os.execv(sys.executable, argv)  # noqa: S606 - a fixed argv, replacing this process
 
@@ -195,27 +195,27 @@ def db() -> None:
 
 @db.command("upgrade")
 @click.option("--revision", default="head", show_default=True)
-@pass_context
-def db_upgrade(ctx: Context, revision: str) -> None:
+@pass_runtime
+def db_upgrade(runtime: Runtime, revision: str) -> None:
     """Apply migrations up to REVISION."""
     try:
-        upgrade(ctx.database, revision)
+        upgrade(runtime.database, revision)
     except DatabaseAhead as exc:
         # A rollback's release step: the newer schema serves this code (expand, then
         # contract), so this is success, said in one line.
         click.echo(str(exc))
         return
-    click.echo(f"database {redact_url(ctx.settings.database_url)} is at {revision}")
+    click.echo(f"database {redact_url(runtime.settings.database_url)} is at {revision}")
 
 
 @cli.command("init-env")
 @click.option("--path", type=click.Path(dir_okay=False, path_type=Path), default=".env")
-@pass_context
-def init_env(ctx: Context, path: Path) -> None:
+@pass_runtime
+def init_env(runtime: Runtime, path: Path) -> None:
     """Create a local .env with a fresh webhook secret and sync key (never overwrites)."""
     if path.exists():
         return
-    port = ctx.settings.port
+    port = runtime.settings.port
     webhook_secret = "whsec_" + secrets.token_hex(24)
     sync_key = secrets.token_urlsafe(24)
     path.write_text(
@@ -261,9 +261,9 @@ def _event_files(paths: tuple[Path, ...]) -> Iterator[Path]:
 @click.option("--secret", help="whsec_ secret to sign with (default: the first configured).")
 @click.option("--new-ids", is_flag=True, help="Give each event a fresh evt_ id.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds per request.")
-@pass_context
+@pass_runtime
 def replay(
-    ctx: Context,
+    runtime: Runtime,
     paths: tuple[Path, ...],
     url: str | None,
     secret: str | None,
@@ -272,10 +272,10 @@ def replay(
 ) -> None:
     """Sign Stripe events as Stripe does (timestamp now) and POST them, in order."""
     if secret is None:
-        if not ctx.settings.webhook_secrets:
+        if not runtime.settings.webhook_secrets:
             fail("no secret: pass --secret or set STRIPE_WEBHOOK_SECRET")
-        secret = ctx.settings.webhook_secrets[0]
-    port = ctx.settings.port
+        secret = runtime.settings.webhook_secrets[0]
+    port = runtime.settings.port
     target = url or f"http://127.0.0.1:{port}/api/v1/billing/webhook"
     files = list(_event_files(paths))
     click.echo(f"replaying {len(files)} events to {target}", err=True)
@@ -358,12 +358,12 @@ def _when(value: datetime | None) -> str:
 @click.option(
     "--listen", is_flag=True, help="Print the `stripe listen` command that forwards exactly these."
 )
-@pass_context
-def events_types(ctx: Context, listen: bool) -> None:
+@pass_runtime
+def events_types(runtime: Runtime, listen: bool) -> None:
     """The Stripe event types this service handles (any other is stored as ignored)."""
     types = sorted(build_router().event_types)
     if listen:
-        click.echo(stripe_listen_line(types, ctx.settings.port))
+        click.echo(stripe_listen_line(types, runtime.settings.port))
         return
     for event_type in types:
         click.echo(event_type)
@@ -380,10 +380,10 @@ def stripe_listen_line(types: list[str], port: int) -> str:
 @click.option("--outcome", type=click.Choice(["processed", "ignored", "stale", "failed"]))
 @click.option("--type", "event_type", help="Only this event type.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000))
-@pass_context
-def events_list(ctx: Context, outcome: str | None, event_type: str | None, limit: int) -> None:
+@pass_runtime
+def events_list(runtime: Runtime, outcome: str | None, event_type: str | None, limit: int) -> None:
     """List the newest events."""
-    rows = ctx.event_log().recent(outcome=outcome, event_type=event_type, limit=limit)
+    rows = runtime.event_log().recent(outcome=outcome, event_type=event_type, limit=limit)
     for row in rows:
         error = f"  {row.last_error}" if row.last_error else ""
         click.echo(
@@ -397,10 +397,10 @@ def events_list(ctx: Context, outcome: str | None, event_type: str | None, limit
 @events.command("show")
 @click.argument("event_id")
 @click.option("--payload/--no-payload", default=True, help="Print the stored payload.")
-@pass_context
-def events_show(ctx: Context, event_id: str, payload: bool) -> None:
+@pass_runtime
+def events_show(runtime: Runtime, event_id: str, payload: bool) -> None:
     """Show one event, its processing record and its payload."""
-    row = ctx.event_log().get(event_id)
+    row = runtime.event_log().get(event_id)
     if row is None:
         fail(f"no event {event_id}", 1)
     fields = [
@@ -425,10 +425,10 @@ def events_show(ctx: Context, event_id: str, payload: bool) -> None:
 @events.command("reprocess")
 @click.argument("event_ids", nargs=-1)
 @click.option("--failed", "all_failed", is_flag=True, help="Every event whose outcome is failed.")
-@pass_context
-def events_reprocess(ctx: Context, event_ids: tuple[str, ...], all_failed: bool) -> None:
+@pass_runtime
+def events_reprocess(runtime: Runtime, event_ids: tuple[str, ...], all_failed: bool) -> None:
     """Run logged events through the pipeline again (failed ones are re-applied)."""
-    event_log = ctx.event_log()
+    event_log = runtime.event_log()
     ids = list(event_ids)
     if not ids and not all_failed:
         fail("name events to reprocess, or pass --failed")
@@ -461,9 +461,9 @@ def events_reprocess(ctx: Context, event_ids: tuple[str, ...], all_failed: bool)
     type=click.IntRange(1, 100_000),
     help="Events deleted per transaction [default: 1000 on SQLite, 20000 on PostgreSQL].",
 )
-@pass_context
+@pass_runtime
 def events_prune(
-    ctx: Context, older_than: str, include_failed: bool, batch_rows: int | None
+    runtime: Runtime, older_than: str, include_failed: bool, batch_rows: int | None
 ) -> None:
     """Delete events received longer ago than --older-than (failed ones are kept).
 
@@ -477,13 +477,13 @@ def events_prune(
         progress[1] += 1
 
     try:
-        deleted = ctx.event_log().prune(
+        deleted = runtime.event_log().prune(
             cutoff, include_failed=include_failed, batch_rows=batch_rows, on_batch=on_batch
         )
     except SQLAlchemyError as exc:
         fail(
             f"prune stopped after deleting {progress[0]} events in {progress[1]} batches: "
-            + database_error_line(exc, ctx.database_url),
+            + database_error_line(exc, runtime.database_url),
             1,
         )
     click.echo(f"deleted {deleted} events received before {_when(cutoff)} in {progress[1]} batches")
@@ -507,9 +507,9 @@ def events_prune(
     help="Stop asking for pages after this long.",
 )
 @click.option("--starting-after", help="Continue a stopped run after this event id.")
-@pass_context
+@pass_runtime
 def events_reconcile(
-    ctx: Context,
+    runtime: Runtime,
     since: str,
     dry_run: bool,
     max_pages: int,
@@ -521,7 +521,7 @@ def events_reconcile(
     Page by page (what was applied stays applied if a later page fails), bounded in
     pages and time; exits 1 if anything failed or the listing was not read to its end.
     """
-    settings = ctx.settings
+    settings = runtime.settings
     if not settings.stripe_api_key:
         fail("STRIPE_API_KEY is not set: reconciliation reads Stripe's events API")
     window = parse_duration(since)
@@ -535,7 +535,7 @@ def events_reconcile(
     try:
         summary = reconcile(
             gateway,
-            ctx.event_log(),
+            runtime.event_log(),
             datetime.now(UTC) - window,
             dry_run=dry_run,
             bounds=Bounds(max_pages=max_pages, max_seconds=max_seconds),
@@ -560,10 +560,10 @@ def catalog() -> None:
 @catalog.command("push")
 @click.option("--dry-run", is_flag=True, help="Say what would be created; create nothing.")
 @click.option("--live", is_flag=True, help="Allow a live-mode STRIPE_API_KEY.")
-@pass_context
-def catalog_push(ctx: Context, dry_run: bool, live: bool) -> None:
+@pass_runtime
+def catalog_push(runtime: Runtime, dry_run: bool, live: bool) -> None:
     """Create the catalog's products and prices (by lookup key) in Stripe, idempotently."""
-    settings = ctx.settings
+    settings = runtime.settings
     key = settings.stripe_api_key
     if not key:
         fail("STRIPE_API_KEY is not set: catalog push creates the prices in that Stripe account")
@@ -603,8 +603,8 @@ def tenants() -> None:
 @click.argument("tenant_id")
 @click.option("--api-key", required=True, help="A nat_pk_ key (stored only as its SHA-256).")
 @click.option("--customer", help="The tenant's Stripe customer (cus_...).")
-@pass_context
-def tenants_add(ctx: Context, tenant_id: str, api_key: str, customer: str | None) -> None:
+@pass_runtime
+def tenants_add(runtime: Runtime, tenant_id: str, api_key: str, customer: str | None) -> None:
     """Create a tenant (or add a key to one) and optionally link its Stripe customer."""
     if not TENANT_ID_RE.match(tenant_id):
         fail("TENANT must be 1-64 characters of A-Z a-z 0-9 _ . : -")
@@ -612,15 +612,15 @@ def tenants_add(ctx: Context, tenant_id: str, api_key: str, customer: str | None
         fail("--api-key must be nat_pk_ followed by 8-256 printable characters")
     if customer and not CUSTOMER_ID_RE.match(customer):
         fail("--customer must be a cus_ id")
-    created = ctx.quota_service().add_tenant(tenant_id, api_key, customer)
+    created = runtime.quota_service().add_tenant(tenant_id, api_key, customer)
     click.echo(f"{'created' if created else 'updated'} tenant {tenant_id}")
 
 
 @tenants.command("list")
-@pass_context
-def tenants_list(ctx: Context) -> None:
+@pass_runtime
+def tenants_list(runtime: Runtime) -> None:
     """List tenants with their plan and usage."""
-    service = ctx.quota_service()
+    service = runtime.quota_service()
     rows = service.list_tenants()
     for tenant, usage, keys in rows:
         body = usage.body()
@@ -637,10 +637,10 @@ def tenants_list(ctx: Context) -> None:
 
 @tenants.command("show")
 @click.argument("tenant_id")
-@pass_context
-def tenants_show(ctx: Context, tenant_id: str) -> None:
+@pass_runtime
+def tenants_show(runtime: Runtime, tenant_id: str) -> None:
     """Show a tenant's quota, usage and the history of its plan, status and period."""
-    report = ctx.quota_service().report(tenant_id)
+    report = runtime.quota_service().report(tenant_id)
     if report is None:
         fail(f"no tenant {tenant_id}", 1)
     tenant, usage, keys, changes = report

@@ -163,7 +163,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # Reading a request (headers and body), from the moment a gunicorn thread takes it up
-# (see webhook_service.worker). Requests of this service are at most a few MB, sent by
+# (see webhook_service.web.worker). Requests of this service are at most a few MB, sent by
 # servers nearby (Stripe, the NAT app, a load balancer).
 REQUEST_READ_DEADLINE_S = 5.0
 # Shut for reading only: the application can still write its answer to a body cut short.

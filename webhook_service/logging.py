@@ -2,7 +2,7 @@
 
 Configured before the Flask app exists. Request-scoped fields (request id, event id,
 tenant) are bound with contextvars and merged into every line; the canonical request
-line is written once per request by :mod:`webhook_service.app`.
+line is written once per request by :mod:`webhook_service.web.app`.
 
 One handler on the root logger writes every line to stderr, structlog's and the
 standard library's (gunicorn, alembic), rendered by one ``ProcessorFormatter``.

@@ -15,8 +15,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from webhook_service.app import create_app
 from webhook_service.config import load_settings
+from webhook_service.web.app import create_app
 
 PEER = "10.9.8.7"  # the load balancer, as the socket sees it
 USAGE = "/api/v1/usage"

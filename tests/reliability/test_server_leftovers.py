@@ -47,7 +47,7 @@ def test_serve_removes_its_metrics_dir_and_stale_ones(
         [
             GUNICORN,
             "-c",
-            "python:webhook_service.gunicorn_config",
+            "python:webhook_service.web.gunicorn_config",
             "--bind",
             f"127.0.0.1:{port}",
             APP,

@@ -30,7 +30,7 @@ from webhook_service.db import Database
 def configured(name: str) -> int:
     """An integer setting of the production gunicorn config, read without importing it
     (importing it configures logging and the metrics directory of this process)."""
-    source = Path(webhook_service.__file__).with_name("gunicorn_config.py").read_text()
+    source = (Path(webhook_service.__file__).parent / "web" / "gunicorn_config.py").read_text()
     for node in ast.parse(source).body:
         if isinstance(node, ast.Assign) and any(
             isinstance(target, ast.Name) and target.id == name for target in node.targets

@@ -23,7 +23,7 @@ from webhook_service.errors import (
 )
 from webhook_service.models import scan_spends, tenants, utcnow
 from webhook_service.plans import PlanCatalog
-from webhook_service.quotas.state import Usage, rfc3339, tenant_usage
+from webhook_service.quotas.entitlements import Usage, rfc3339, tenant_usage
 from webhook_service.quotas.sync import apply_sync
 from webhook_service.quotas.tenants import (
     API_KEY_RE,

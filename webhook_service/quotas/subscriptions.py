@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from webhook_service.models import subscriptions
-from webhook_service.quotas.state import TERMINAL_STATUSES
+from webhook_service.quotas.entitlements import TERMINAL_STATUSES
 from webhook_service.sql import Prepared, run
 from webhook_service.webhooks.events import StripeEvent
 from webhook_service.webhooks.registry import HandlerError

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from webhook_service.models import api_keys, subscriptions, tenant_changes, tenants
 from webhook_service.plans import PlanCatalog
-from webhook_service.quotas.state import Entitlement, entitlement
+from webhook_service.quotas.entitlements import Entitlement, entitlement
 
 if TYPE_CHECKING:
     from webhook_service.quotas.service import SyncEntry

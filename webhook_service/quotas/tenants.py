@@ -34,7 +34,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from webhook_service.models import api_keys, stripe_events, tenant_changes, tenants
 from webhook_service.plans import PlanCatalog
-from webhook_service.quotas.state import Entitlement, tenant_entitlement
+from webhook_service.quotas.entitlements import Entitlement, tenant_entitlement
 from webhook_service.sql import Prepared, run
 
 log = structlog.get_logger(__name__)

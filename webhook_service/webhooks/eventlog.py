@@ -30,7 +30,7 @@ from webhook_service.models import stripe_events, utcnow
 from webhook_service.plans import PlanCatalog
 from webhook_service.sql import Prepared, run
 from webhook_service.webhooks.events import StripeEvent, parse_event
-from webhook_service.webhooks.registry import EventContext, HandlerError, HandlerResult, Router
+from webhook_service.webhooks.registry import HandlerError, HandlerResult, HandlerScope, Router
 
 log = structlog.get_logger(__name__)
 
@@ -182,7 +182,7 @@ class EventLog:
                     result = HandlerResult("ignored")
                 else:
                     try:
-                        result = handler(event, EventContext(conn, self.catalog, now))
+                        result = handler(event, HandlerScope(conn, self.catalog, now))
                     except OperationalError:
                         raise  # the database itself is failing: nothing is recorded, 503
                     except Exception as exc:

@@ -1,9 +1,7 @@
 """One Stripe delivery, from raw body and signature header to its answer; no web framework.
 
-Both doors of ``POST /api/v1/billing/webhook`` call :func:`receive_delivery`: the
-plain-WSGI endpoint that serves it (:mod:`webhook_service.webhooks.wsgi`) and the Flask
-view (:mod:`webhook_service.webhooks.views`) that serves its variants (a trailing
-slash). Errors are raised as :class:`~webhook_service.errors.ServiceError`.
+The webhook's door (:mod:`webhook_service.web.webhook`) reads the body and calls
+:func:`receive_delivery`. Errors are raised as :class:`~webhook_service.errors.ServiceError`.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from webhook_service.config import Settings
 from webhook_service.errors import (
     InvalidPayload,
     InvalidSignature,
-    PayloadTooLarge,
     ProcessingFailed,
     WebhookNotConfigured,
 )
@@ -29,10 +26,6 @@ from webhook_service.webhooks.signature import check_header, verify_signature
 def check_configured(settings: Settings) -> None:
     if not settings.webhook_secrets:
         raise WebhookNotConfigured()
-
-
-def too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"The body is larger than MAX_WEBHOOK_BYTES ({limit} bytes).")
 
 
 def receive_delivery(

@@ -1,7 +1,7 @@
 """Handlers keyed by Stripe's event type strings.
 
 Event types stay plain strings: Stripe keeps adding new ones, and an unknown type is
-simply logged as ``ignored``. A handler takes the event and an :class:`EventContext`
+simply logged as ``ignored``. A handler takes the event and an :class:`HandlerScope`
 (the open transaction and the plan catalog), never Flask.
 """
 
@@ -25,7 +25,7 @@ class HandlerError(Exception):
 
 
 @dataclass(frozen=True)
-class EventContext:
+class HandlerScope:
     conn: Connection
     catalog: PlanCatalog
     now: datetime
@@ -38,7 +38,7 @@ class HandlerResult:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-Handler = Callable[[StripeEvent, EventContext], HandlerResult]
+Handler = Callable[[StripeEvent, HandlerScope], HandlerResult]
 
 
 class Router:

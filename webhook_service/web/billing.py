@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 from flask import Blueprint
 
 from webhook_service.billing.stripe_api import StripeGateway
-from webhook_service.context import services
 from webhook_service.errors import InvalidRequest, NoBillingAccount, UnknownPrice
-from webhook_service.tenant_api import current_tenant, idempotency_key, json_body
+from webhook_service.web.current import services
+from webhook_service.web.tenant_api import current_tenant, idempotency_key, json_body
 
 bp = Blueprint("billing", __name__)
 

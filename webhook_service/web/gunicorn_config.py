@@ -1,6 +1,6 @@
 """gunicorn settings, shared by the Procfile, the Dockerfile and `webhook-service serve`.
 
-Loaded with ``gunicorn -c python:webhook_service.gunicorn_config``.
+Loaded with ``gunicorn -c python:webhook_service.web.gunicorn_config``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from gunicorn.glogging import Logger
 
 from webhook_service.config import ConfigError, load_settings
 from webhook_service.logging import configure_logging, formatter_for_stdlib
-from webhook_service.server_errors import install as install_json_errors
+from webhook_service.web.server_errors import install as install_json_errors
 
 try:
     _settings = load_settings()
@@ -27,13 +27,13 @@ configure_logging(_settings.log_format, _settings.log_level)
 
 bind = [_settings.bind_address]
 workers = _settings.web_concurrency
-# Threads (gunicorn's gthread) with a read deadline per request (webhook_service.worker):
+# Threads (gunicorn's gthread) with a read deadline per request (webhook_service.web.worker):
 # a slow client holds one thread for at most REQUEST_READ_DEADLINE_S, never a process,
 # and the main thread keeps answering gunicorn's heartbeat. Workers accept unevenly (the
 # one whose main thread wakes first wins), so each has threads enough for 50 slow clients
 # at once and everyone else besides: with 32, tests saw 4-5 s waits when most of them
 # landed on one worker. Threads are started only as needed.
-worker_class = "webhook_service.worker.DeadlineThreadWorker"
+worker_class = "webhook_service.web.worker.DeadlineThreadWorker"
 threads = 100
 # Import the app once in the master (create_app opens no connection, so nothing
 # crosses the fork): workers boot in milliseconds and share the code pages.

@@ -19,10 +19,11 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from webhook_service import metrics
-from webhook_service.context import Services, services
 from webhook_service.db import Database, sqlite_file
 from webhook_service.errors import NotReady
 from webhook_service.migrate import schema_state
+from webhook_service.services import Services
+from webhook_service.web.current import services
 
 bp = Blueprint("ops", __name__)
 
@@ -141,35 +142,40 @@ READINESS_CHECKS: list[Callable[[Services, Checks, Body], None]] = [
 ]
 
 
-@bp.get("/readyz")
-def readyz() -> tuple[dict[str, Any], int]:
-    """Ready when the database answers and takes writes, its schema serves this code,
-    and a webhook secret is set; a degraded rate-limit storage is reported, still ready."""
-    svc = services()
+def readiness(svc: Services) -> tuple[bool, Checks, Body]:
+    """Whether the service is ready, each check's verdict, and the facts the checks add."""
     checks: Checks = {}
     body: Body = {}
     for check in READINESS_CHECKS:
         check(svc, checks, body)
-    failing = {
-        name: state
-        for name, state in checks.items()
-        if state != "ok" and not state.startswith("degraded")
-    }
-    if failing:
-        message = "; ".join(f"{name}: {state}" for name, state in failing.items())
-        return NotReady(message, checks=checks, **body).body(), 503
-    return {"status": "ready", "checks": checks, **body}, 200
+    ready = all(state == "ok" or state.startswith("degraded") for state in checks.values())
+    return ready, checks, body
+
+
+@bp.get("/readyz")
+def readyz() -> Body:
+    """Ready when the database answers and takes writes, its schema serves this code,
+    and a webhook secret is set; a degraded rate-limit storage is reported, still ready."""
+    ready, checks, body = readiness(services())
+    if not ready:
+        message = "; ".join(
+            f"{name}: {state}"
+            for name, state in checks.items()
+            if state != "ok" and not state.startswith("degraded")
+        )
+        raise NotReady(message, checks=checks, **body)
+    return {"status": "ready", "checks": checks, **body}
 
 
 @bp.get("/metrics")
 def prometheus_metrics() -> Response:
     """Prometheus text, aggregated over every gunicorn worker, and readiness as of now."""
-    readiness, status = readyz()
+    ready, _checks, body = readiness(services())
     data, content_type = metrics.render(
         metrics.Readiness(
-            ready=status == 200,
-            failed_events=readiness.get("failed_events"),
-            oldest_failed_event_age_seconds=readiness.get("oldest_failed_event_age_seconds"),
+            ready=ready,
+            failed_events=body.get("failed_events"),
+            oldest_failed_event_age_seconds=body.get("oldest_failed_event_age_seconds"),
         )
     )
     return Response(data, content_type=content_type)

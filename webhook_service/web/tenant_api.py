@@ -11,10 +11,10 @@ import structlog
 from flask import Blueprint, Flask, Response, g, request
 
 from webhook_service.config import Settings
-from webhook_service.context import services
 from webhook_service.errors import InvalidApiKey, InvalidRequest, RateLimited
 from webhook_service.quotas.service import TenantRef
-from webhook_service.ratelimit import FixedWindowLimit, GuardedStorage, make_storage
+from webhook_service.web.current import services
+from webhook_service.web.ratelimit import FixedWindowLimit, GuardedStorage, make_storage
 
 BEARER_HINT = "Send the key in the X-API-Key header, not as Authorization: Bearer."
 # One rule for every endpoint that takes an Idempotency-Key (Stripe's: at most 255

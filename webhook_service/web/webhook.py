@@ -1,31 +1,34 @@
-"""``POST /api/v1/billing/webhook`` as a plain WSGI endpoint, in front of the Flask app.
+"""The one door of the webhook: ``POST /api/v1/billing/webhook`` (with or without a
+trailing slash) as a plain WSGI endpoint, in front of the Flask app.
 
 Stripe's bursts all land here, and the request machinery of a web framework (request
-and app contexts, routing, response objects, hooks) cost about a quarter of a
-delivery's CPU, more than verifying and parsing it. This endpoint does only what the
-route needs: read the body within ``MAX_WEBHOOK_BYTES``, hand it to
+and app contexts, routing, response objects, hooks) costs more of a delivery's CPU than
+verifying and parsing it. This endpoint does only what the route needs: read the body
+within ``MAX_WEBHOOK_BYTES``, hand it to
 :func:`~webhook_service.webhooks.receiver.receive_delivery`, answer JSON. What every
 request shares stays shared: errors go through the one mapping
-(:func:`webhook_service.errors.service_error_for`), the request id and the canonical
-line through :class:`webhook_service.requestlog.RequestLog`. Every other request,
-including other methods and spellings of this path, goes on to Flask.
+(:mod:`webhook_service.web.errors`), the request id and the canonical line through
+:class:`webhook_service.web.requestlog.RequestLog`. Other methods on this path go on to
+Flask, which answers them 405.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
 
 from webhook_service.config import Settings
 from webhook_service.deadlines import read_deadline_passed
-from webhook_service.errors import MalformedBody, RequestTimeout, service_error_for
-from webhook_service.requestlog import RequestLog
+from webhook_service.errors import MalformedBody, PayloadTooLarge, RequestTimeout
+from webhook_service.web.errors import answer, encode_json, service_error_for
+from webhook_service.web.requestlog import RequestLog
 from webhook_service.webhooks.eventlog import EventLog
-from webhook_service.webhooks.receiver import check_configured, receive_delivery, too_large
+from webhook_service.webhooks.receiver import check_configured, receive_delivery
 
 WEBHOOK_PATH = "/api/v1/billing/webhook"
+# Both spellings are one endpoint: Stripe counts a redirect as a failed delivery.
+WEBHOOK_PATHS = frozenset({WEBHOOK_PATH, WEBHOOK_PATH + "/"})
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
@@ -33,6 +36,10 @@ _STATUS_LINES = {status.value: f"{status.value} {status.phrase}" for status in H
 # A body refused as too large is still read (and dropped) up to this much, so that the
 # client, still sending, gets the 413 rather than a connection reset.
 DRAIN_BYTES = 1024 * 1024
+
+
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"The body is larger than MAX_WEBHOOK_BYTES ({limit} bytes).")
 
 
 def _drain(stream: Any, budget: int) -> None:
@@ -100,22 +107,21 @@ class WebhookEndpoint:
         self.request_log = request_log
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO") != WEBHOOK_PATH or environ.get("REQUEST_METHOD") != "POST":
+        if environ.get("PATH_INFO") not in WEBHOOK_PATHS or environ.get("REQUEST_METHOD") != "POST":
             return self.app(environ, start_response)
         request_id, started = self.request_log.start(environ)
         extra: dict[str, str] = {}
         try:
             check_configured(self.settings)
             body = read_body(environ, self.settings.max_webhook_bytes)
-            answer = receive_delivery(
+            reply = receive_delivery(
                 self.settings, self.event_log, body, environ.get("HTTP_STRIPE_SIGNATURE")
             )
             status = 200
         except Exception as exc:
-            error = service_error_for(exc, environ)
-            status, answer, extra = error.status, error.body(), error.headers()
-        # As Flask's JSON provider writes it: compact, ASCII, one trailing newline.
-        data = json.dumps(answer, separators=(",", ":")).encode("ascii") + b"\n"
+            found = answer(service_error_for(exc, environ))
+            status, reply, extra = found.status, found.body, found.headers
+        data = encode_json(reply)
         self.request_log.finish(
             request_id, started, WEBHOOK_PATH, "POST", status, environ.get("REMOTE_ADDR")
         )

@@ -1,7 +1,7 @@
 """The request id and the one canonical line (and request counter) of every request.
 
-Framework-free, so that Flask's hooks (:mod:`webhook_service.app`) and the webhook's
-plain-WSGI endpoint (:mod:`webhook_service.webhooks.wsgi`) write the same line. It runs
+Framework-free, so that Flask's hooks (:mod:`webhook_service.web.app`) and the webhook's
+plain-WSGI endpoint (:mod:`webhook_service.web.webhook`) write the same line. It runs
 on every request, so it does little: the logger is resolved once, the counter's
 children are kept, and the incoming id is read from the WSGI environ.
 """

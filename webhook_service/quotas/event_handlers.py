@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import structlog
 
-from webhook_service.quotas.state import GRANTING_STATUSES
+from webhook_service.quotas.entitlements import GRANTING_STATUSES
 from webhook_service.quotas.subscriptions import (
     SubscriptionState,
     advance_period,
@@ -31,7 +31,7 @@ from webhook_service.quotas.tenants import (
     unlink_customer,
 )
 from webhook_service.webhooks.events import StripeEvent
-from webhook_service.webhooks.registry import EventContext, HandlerError, HandlerResult, Router
+from webhook_service.webhooks.registry import HandlerError, HandlerResult, HandlerScope, Router
 
 log = structlog.get_logger(__name__)
 router = Router()
@@ -39,7 +39,7 @@ router = Router()
 PERIOD_BILLING_REASONS = frozenset({"subscription_create", "subscription_cycle"})
 
 
-def _history(event: StripeEvent, ctx: EventContext) -> History:
+def _history(event: StripeEvent, ctx: HandlerScope) -> History:
     return History(
         ctx.conn, ctx.catalog, ctx.now, source="webhook", event_id=event.id, event_type=event.type
     )
@@ -54,7 +54,7 @@ def _valid_tenant_id(event: StripeEvent, value: object, field: str) -> str | Non
 
 
 @router.register("checkout.session.completed")
-def checkout_session_completed(event: StripeEvent, ctx: EventContext) -> HandlerResult:
+def checkout_session_completed(event: StripeEvent, ctx: HandlerScope) -> HandlerResult:
     """Occurs when a Checkout Session has been successfully completed."""
     session = event.object
     if session.get("mode") != "subscription":
@@ -97,7 +97,7 @@ def checkout_session_completed(event: StripeEvent, ctx: EventContext) -> Handler
     "customer.subscription.paused",
     "customer.subscription.resumed",
 )
-def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult:
+def subscription_changed(event: StripeEvent, ctx: HandlerScope) -> HandlerResult:
     """Occurs whenever a customer is signed up for a new plan, changes, pauses, resumes or ends.
 
     (created: "Occurs whenever a customer is signed up for a new plan."; updated:
@@ -161,7 +161,7 @@ def subscription_changed(event: StripeEvent, ctx: EventContext) -> HandlerResult
 
 
 @router.register("invoice.paid")
-def invoice_paid(event: StripeEvent, ctx: EventContext) -> HandlerResult:
+def invoice_paid(event: StripeEvent, ctx: HandlerScope) -> HandlerResult:
     """Occurs whenever an invoice payment attempt succeeds or an invoice is marked as paid."""
     invoice = event.object
     reason = invoice.get("billing_reason")
@@ -186,7 +186,7 @@ def invoice_paid(event: StripeEvent, ctx: EventContext) -> HandlerResult:
 
 
 @router.register("invoice.payment_failed")
-def invoice_payment_failed(event: StripeEvent, ctx: EventContext) -> HandlerResult:
+def invoice_payment_failed(event: StripeEvent, ctx: HandlerScope) -> HandlerResult:
     """Occurs whenever an invoice payment attempt fails."""
     tenant_id = tenant_for_customer(ctx.conn, object_id(event.object.get("customer")))
     attempts = event.object.get("attempt_count")
@@ -201,7 +201,7 @@ def invoice_payment_failed(event: StripeEvent, ctx: EventContext) -> HandlerResu
 
 
 @router.register("customer.subscription.trial_will_end")
-def trial_will_end(event: StripeEvent, ctx: EventContext) -> HandlerResult:
+def trial_will_end(event: StripeEvent, ctx: HandlerScope) -> HandlerResult:
     """Occurs three days before a subscription's trial period is scheduled to end."""
     tenant_id = tenant_for_customer(ctx.conn, object_id(event.object.get("customer")))
     log.info("trial_will_end", event_id=event.id, tenant_id=tenant_id)
@@ -209,7 +209,7 @@ def trial_will_end(event: StripeEvent, ctx: EventContext) -> HandlerResult:
 
 
 @router.register("customer.deleted")
-def customer_deleted(event: StripeEvent, ctx: EventContext) -> HandlerResult:
+def customer_deleted(event: StripeEvent, ctx: HandlerScope) -> HandlerResult:
     """Occurs whenever a customer is deleted."""
     customer = object_id(event.object.get("id"))
     if customer is None:

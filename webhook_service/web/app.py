@@ -1,31 +1,25 @@
-"""The application factory. gunicorn loads ``webhook_service.app:create_app()``."""
+"""The application factory. gunicorn loads ``webhook_service.web.app:create_app()``."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import IO, Any, cast
+from typing import IO, cast
 
 from flask import Flask, Request, Response, g, request
-from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import NotFound
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream
 
-from webhook_service import errors, ops
-from webhook_service.billing import views as billing_views
-from webhook_service.billing.stripe_api import StripeGateway
 from webhook_service.config import Settings, load_settings
-from webhook_service.context import Services
-from webhook_service.db import Database
-from webhook_service.handlers import build_router
 from webhook_service.logging import configure_logging
-from webhook_service.quotas import views as quota_views
-from webhook_service.quotas.service import QuotaService
-from webhook_service.requestlog import RequestLog, new_request_id
-from webhook_service.tenant_api import init_rate_limit
-from webhook_service.webhooks import views as webhook_views
-from webhook_service.webhooks.eventlog import EventLog
-from webhook_service.webhooks.wsgi import WebhookEndpoint
+from webhook_service.services import build_services
+from webhook_service.web import billing as billing_views
+from webhook_service.web import errors, ops
+from webhook_service.web import quotas as quota_views
+from webhook_service.web.requestlog import RequestLog, new_request_id
+from webhook_service.web.tenant_api import init_rate_limit
+from webhook_service.web.webhook import WEBHOOK_PATH, WebhookEndpoint
 
 # Bodies of the non-webhook endpoints (tenant sync is the largest) are bounded too.
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -40,7 +34,7 @@ class ServiceRequest(Request):
     request's read deadline shut its socket) was read as a shorter body: truncated JSON,
     answered 400 ``INVALID_REQUEST``. Bounded by its Content-Length, as werkzeug does for
     other servers, it raises, and the error mapping answers 408 ``REQUEST_TIMEOUT`` when
-    the read deadline cut it (``webhook_service.errors.read_timed_out``), else 400.
+    the read deadline cut it (``webhook_service.web.errors.read_timed_out``), else 400.
     """
 
     @cached_property
@@ -52,18 +46,12 @@ class ServiceRequest(Request):
         return stream
 
 
-class JSONProvider(DefaultJSONProvider):
-    """Flask's JSON, with a body nested too deeply for the parser refused like any bad JSON.
-
-    ``json.loads`` raises RecursionError (not ValueError) on a few thousand nested
-    brackets, which ``request.get_json(silent=True)`` would let through as a 500.
-    """
-
-    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
-        try:
-            return super().loads(s, **kwargs)
-        except RecursionError:
-            raise ValueError("JSON nested too deeply") from None
+def _served_by_the_webhook_door() -> Response:
+    """Flask routes the webhook's path only to answer its other methods 405 (with
+    ``Allow: POST``). :class:`WebhookEndpoint` serves a POST to either spelling of the
+    path; another spelling that werkzeug's routing would still match (``//api/...``)
+    is not the webhook."""
+    raise NotFound()
 
 
 def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask:
@@ -73,32 +61,18 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
 
     app = Flask(__name__)
     app.request_class = ServiceRequest
-    app.json = JSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     # Never answer with a redirect: Stripe counts a 3xx as a failed delivery.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
-    app.json.sort_keys = False
-
-    database = Database(settings.database_url)
-    app.extensions["nat"] = Services(
-        settings=settings,
-        database=database,
-        event_log=EventLog(database, build_router(), settings.catalog),
-        quotas=QuotaService(database, settings.catalog),
-        stripe=StripeGateway(
-            settings.stripe_api_key,
-            settings.stripe_api_base,
-            deadline=settings.stripe_deadline_seconds,
-            max_concurrency=settings.billing_max_concurrency,
-        ),
-    )
+    svc = build_services(settings)
+    app.extensions["nat"] = svc
 
     errors.init_app(app)
     request_log = RequestLog()
     _init_request_logging(app, request_log)
     app.register_blueprint(ops.bp)
-    app.register_blueprint(webhook_views.bp)
+    app.add_url_rule(WEBHOOK_PATH, "webhook", _served_by_the_webhook_door, methods=["POST"])
     init_rate_limit(
         app, quota_views.tenant_bp, billing_views.bp, auth_blueprints=(quota_views.sync_bp,)
     )
@@ -109,7 +83,7 @@ def create_app(test_config: Settings | Mapping[str, str] | None = None) -> Flask
     # POST /api/v1/billing/webhook, the hot path, is served before Flask (same errors,
     # same request line); ProxyFix, if any, wraps both.
     app.wsgi_app = WebhookEndpoint(  # type: ignore[method-assign]
-        app.wsgi_app, settings, app.extensions["nat"].event_log, request_log
+        app.wsgi_app, settings, svc.event_log, request_log
     )
     if settings.trusted_proxy_hops:
         hops = settings.trusted_proxy_hops

@@ -13,29 +13,28 @@ the request line or header that was refused, which is the client's text.
 
 from __future__ import annotations
 
-import json
 import socket
 from typing import Any
 
 from gunicorn import util
 
-from webhook_service.requestlog import new_request_id
+from webhook_service.web.errors import HttpError, answer, encode_json
+from webhook_service.web.requestlog import new_request_id
 
-_CODES = {
-    400: ("BAD_REQUEST", "The request line or a header is malformed."),
-    403: ("FORBIDDEN", "The request is forbidden."),
-    414: ("URI_TOO_LONG", "The request line is longer than the server accepts."),
-    417: ("EXPECTATION_FAILED", "The Expect header cannot be met."),
-    431: ("HEADERS_TOO_LARGE", "The request headers are larger than the server accepts."),
-    501: ("NOT_IMPLEMENTED", "The request uses a transfer coding the server does not support."),
+_MESSAGES = {
+    400: "The request line or a header is malformed.",
+    403: "The request is forbidden.",
+    414: "The request line is longer than the server accepts.",
+    417: "The Expect header cannot be met.",
+    431: "The request headers are larger than the server accepts.",
+    501: "The request uses a transfer coding the server does not support.",
 }
-_INTERNAL = ("INTERNAL_ERROR", "An internal error occurred.")
 
 
 def error_page(status: int, reason: str) -> bytes:
     """The whole HTTP response gunicorn sends for ``status``, in the service's JSON shape."""
-    code, message = _CODES.get(status, _INTERNAL if status >= 500 else ("BAD_REQUEST", reason))
-    body = json.dumps({"error": code, "message": message, "status": status}).encode() + b"\n"
+    default = "An internal error occurred." if status >= 500 else reason
+    body = encode_json(answer(HttpError(status, _MESSAGES.get(status, default))).body)
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Connection: close\r\n"
