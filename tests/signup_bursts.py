@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 
 from tests import stripe_events as se
-from tests.conftest import SYNC_KEY, WEBHOOK_SECRET, Subscription, new_api_key
+from tests.helpers import SYNC_KEY, WEBHOOK_SECRET, Subscription, new_api_key
 from tests.servers import http
 from webhook_service.db import Database
 from webhook_service.models import stripe_events, tenant_changes, tenants

@@ -18,7 +18,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.conftest import REDIS_URL, SYNC_KEY, new_api_key
+from tests.helpers import REDIS_URL, SYNC_KEY, new_api_key
 from tests.test_ratelimit import assert_rate_limited
 from webhook_service.config import load_settings
 from webhook_service.web.app import create_app

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import SYNC_KEY
+from tests.helpers import SYNC_KEY
 from tests.stripe_stub import StripeStub
 from webhook_service.billing.stripe_api import StripeGateway
 

@@ -16,7 +16,7 @@ from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
 from tests import test_billing
-from tests.conftest import SYNC_KEY, WEBHOOK_SECRET, wait_for
+from tests.helpers import SYNC_KEY, WEBHOOK_SECRET, wait_for
 from tests.reliability.support import deliver
 from tests.servers import closed_port, http, running_service
 from tests.stripe_stub import StripeStub, running_stripe_stub

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 
-from tests.conftest import SYNC_KEY
+from tests.helpers import SYNC_KEY
 from tests.stripe_stub import StripeStub
 from webhook_service.cli import cli
 from webhook_service.plans import PlanCatalogError, StripePrice, load_catalog, parse_catalog

@@ -25,7 +25,7 @@ from click.testing import CliRunner, Result
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import WEBHOOK_SECRET, count_rows
+from tests.helpers import WEBHOOK_SECRET, count_rows, failing_event
 from tests.servers import APP, GUNICORN, WEBHOOK_SERVICE, clean_environ, free_port
 from webhook_service.cli import cli
 from webhook_service.config import load_settings
@@ -60,22 +60,6 @@ def checkout_event(tenant_id: str) -> dict[str, Any]:
         created=JAN_1 + 5,
         api_version=se.LEGACY_API_VERSION,
         client_reference_id=tenant_id,
-    )
-
-
-def failing_event(tenant_id: str, price_id: str = "price_x") -> dict[str, Any]:
-    """An active subscription on a price the built-in catalog does not sell."""
-    return se.subscription_event(
-        "customer.subscription.updated",
-        sub_id=se.new_id("sub"),
-        customer=se.new_id("cus"),
-        status="active",
-        period_start=JAN_1,
-        period_end=JAN_1 + 31 * 86400,
-        created=JAN_1 + 60,
-        api_version=se.BASIL_API_VERSION,
-        price_id=price_id,
-        metadata={"tenant_id": tenant_id},
     )
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.tcp_proxy import TcpProxy
 from webhook_service import db
 from webhook_service.db import Database

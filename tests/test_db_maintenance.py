@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from webhook_service import checkpoint, db
 from webhook_service.db import Database
 from webhook_service.migrate import upgrade

@@ -17,7 +17,7 @@ from gunicorn.config import Config
 from gunicorn.workers import gthread
 
 import webhook_service.web.worker
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from webhook_service.deadlines import Watchdog, request_reads
 from webhook_service.web.worker import DeadlineThreadWorker
 

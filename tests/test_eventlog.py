@@ -19,7 +19,7 @@ from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import WEBHOOK_SECRET, count_rows
+from tests.helpers import WEBHOOK_SECRET, count_rows
 from webhook_service.db import Database
 from webhook_service.models import stripe_events
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests import stripe_events as se
-from tests.conftest import WEBHOOK_SECRET, count_rows
+from tests.helpers import WEBHOOK_SECRET, count_rows
 from tests.servers import http, running_services
 from webhook_service.db import Database
 

@@ -16,7 +16,7 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.conftest import spend, usage_of
+from tests.helpers import spend, usage_of
 from tests.stripe_stub import StripeStub
 
 URLS = {"success_url": "https://app.nat.test/ok", "cancel_url": "https://app.nat.test/cancel"}

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import Clock, Subscription, spend, usage_of, utc
+from tests.helpers import Clock, Subscription, spend, usage_of, utc
 from webhook_service.db import Database
 from webhook_service.models import tenant_changes
 

@@ -26,7 +26,7 @@ import redis
 from sqlalchemy import text
 
 from tests import stripe_events as se
-from tests.conftest import (
+from tests.helpers import (
     REDIS_URL,
     SYNC_KEY,
     WEBHOOK_SECRET,

@@ -23,7 +23,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import SECOND_SECRET, SYNC_KEY, WEBHOOK_SECRET
+from tests.helpers import SECOND_SECRET, SYNC_KEY, WEBHOOK_SECRET, failing_event
 from webhook_service.logging import configure_logging, formatter_for_stdlib
 
 WEBHOOK = "/api/v1/billing/webhook"
@@ -171,18 +171,7 @@ def test_nothing_secret_or_from_a_payload_is_ever_logged(
     header = f"t=1,v1={marker}"
     assert post_event(body, header=header).status_code == 400
     # A handler that fails (unknown price of the tenant's customer) and one that crashes.
-    failing = se.subscription_event(
-        "customer.subscription.updated",
-        sub_id=se.new_id("sub"),
-        customer=customer,
-        status="active",
-        period_start=JAN_1,
-        period_end=JAN_1 + 31 * 86400,
-        created=JAN_1 + 60,
-        api_version=se.BASIL_API_VERSION,
-        price_id="price_x",
-        metadata={"tenant_id": tenant, "note": marker},
-    )
+    failing = failing_event(tenant, customer=customer, note=marker)
     assert post_event(failing).status_code == 500
     crashing = se.subscription_event(
         "customer.subscription.updated",

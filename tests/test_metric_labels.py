@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import SECOND_SECRET, WEBHOOK_SECRET
+from tests.helpers import SECOND_SECRET, WEBHOOK_SECRET
 from tests.test_ops import metric_value
 from webhook_service.services import build_router
 

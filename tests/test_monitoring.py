@@ -20,7 +20,7 @@ from sqlalchemy import update
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import SYNC_KEY, WEBHOOK_SECRET, Subscription, unavailable, utc
+from tests.helpers import SYNC_KEY, WEBHOOK_SECRET, Subscription, unavailable, utc
 from tests.servers import http, run_cli, running_service
 from webhook_service.db import Database
 from webhook_service.models import stripe_events

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SYNC_KEY, WEBHOOK_SECRET
+from tests.helpers import SYNC_KEY, WEBHOOK_SECRET
 from tests.openapi_check import document
 from tests.servers import BIN, clean_environ, run_cli, running_service
 from tests.stripe_stub import running_stripe_stub

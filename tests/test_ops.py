@@ -7,33 +7,16 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import WEBHOOK_SECRET
+from tests.helpers import WEBHOOK_SECRET, failing_event
 from tests.servers import closed_port
 from webhook_service.migrate import head_revision
 from webhook_service.web.app import create_app
-
-
-def failing_event() -> dict[str, Any]:
-    """An active subscription of a tenant's on a price no plan sells: it fails (UNKNOWN_PRICE)."""
-    return se.subscription_event(
-        "customer.subscription.updated",
-        sub_id=se.new_id("sub"),
-        customer=se.new_id("cus"),
-        status="active",
-        period_start=1735689600,
-        period_end=1738368000,
-        created=1735689660,
-        api_version=se.BASIL_API_VERSION,
-        price_id="price_not_in_any_plan",
-        metadata={"tenant_id": "tnt_ops_failing"},
-    )
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -89,9 +72,9 @@ def test_readyz_reports_failed_events_and_the_oldest_age(
     event_log = app.extensions["nat"].event_log
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
     event_log.clock = lambda: an_hour_ago
-    assert post_event(failing_event()).status_code == 500
+    assert post_event(failing_event("tnt_ops_failing", "price_not_in_any_plan")).status_code == 500
     event_log.clock = lambda: datetime.now(UTC)
-    assert post_event(failing_event()).status_code == 500
+    assert post_event(failing_event("tnt_ops_failing", "price_not_in_any_plan")).status_code == 500
     response = client.get("/readyz")
     assert response.status_code == 200
     body = response.json

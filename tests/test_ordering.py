@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import (
+from tests.helpers import (
     Clock,
     Subscription,
     count_rows,

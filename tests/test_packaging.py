@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.conftest import WEBHOOK_SECRET
+from tests.helpers import WEBHOOK_SECRET
 from tests.servers import clean_environ, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import Clock, Subscription, spend, usage_of, utc
+from tests.helpers import Clock, Subscription, spend, usage_of, utc
 from webhook_service.quotas.periods import (
     Window,
     add_months,

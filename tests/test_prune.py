@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from flask import Flask
 
 from tests import stripe_events as se
-from tests.conftest import SYNC_KEY, WEBHOOK_SECRET, count_rows
+from tests.helpers import SYNC_KEY, WEBHOOK_SECRET, count_rows
 from webhook_service.cli import cli
 from webhook_service.config import load_settings
 from webhook_service.db import Database

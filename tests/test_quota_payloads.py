@@ -12,7 +12,7 @@ from sqlalchemy import text
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import Clock, Subscription, count_rows, usage_of, utc
+from tests.helpers import Clock, Subscription, count_rows, usage_of, utc
 from webhook_service.db import Database
 
 JAN = (utc(2025, 1, 1), utc(2025, 2, 1))

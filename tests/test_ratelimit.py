@@ -11,7 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.conftest import (
+from tests.helpers import (
     REDIS_URL,
     Subscription,
     count_rows,

@@ -19,7 +19,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import REDIS_URL, wait_for
+from tests.helpers import REDIS_URL, wait_for
 from tests.tcp_proxy import TcpProxy
 from tests.test_ops import metric_value
 from webhook_service.web.app import create_app

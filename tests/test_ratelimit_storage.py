@@ -25,7 +25,7 @@ from limits import parse
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import FixedWindowRateLimiter
 
-from tests.conftest import count_rows, spend
+from tests.helpers import count_rows, spend
 from tests.tcp_proxy import TcpProxy
 from tests.test_ratelimit import assert_rate_limited, usage
 from webhook_service.db import Database

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import POSTGRES_URL, WEBHOOK_SECRET, wait_for
+from tests.helpers import POSTGRES_URL, WEBHOOK_SECRET, wait_for
 from webhook_service.cli import cli
 from webhook_service.db import Database
 from webhook_service.migrate import current_revision, head_revision, upgrade

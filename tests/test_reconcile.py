@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import count_rows
+from tests.helpers import count_rows
 from tests.stripe_stub import StripeStub
 from webhook_service.cli import cli
 from webhook_service.db import Database

@@ -19,7 +19,7 @@ from flask import Flask
 from gunicorn.http.errors import NoMoreData
 
 from tests import stripe_events as se
-from tests.conftest import SYNC_KEY, WEBHOOK_SECRET, wait_for
+from tests.helpers import SYNC_KEY, WEBHOOK_SECRET, wait_for
 from webhook_service.deadlines import request_reads
 
 WEBHOOK = "/api/v1/billing/webhook"

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests import stripe_events as se
-from tests.conftest import SYNC_KEY, WEBHOOK_SECRET
+from tests.helpers import SYNC_KEY, WEBHOOK_SECRET
 from tests.servers import running_services
 from tests.signup_bursts import Burst, check_bursts, fire, sync
 from webhook_service.db import Database

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import count_rows
+from tests.helpers import count_rows
 from webhook_service.db import Database
 
 

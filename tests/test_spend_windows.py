@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
-from tests.conftest import Clock, Subscription, spend, usage_of, utc
+from tests.helpers import Clock, Subscription, spend, usage_of, utc
 from webhook_service.db import Database
 from webhook_service.models import scan_spends
 from webhook_service.quotas.entitlements import Entitlement, scans_used

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import stripe_events as se
-from tests.conftest import WEBHOOK_SECRET, env_flag
+from tests.helpers import WEBHOOK_SECRET, env_flag
 from tests.servers import clean_environ, run_cli
 from tests.test_logging import capture
 from webhook_service.web.app import create_app
@@ -83,7 +83,7 @@ def test_never_migrated_database_tells_the_operator_to_migrate(empty_database_ur
 def test_ci_false_is_not_ci(value: str, on: bool) -> None:
     """Treat CI=false like an unset CI (skip a missing backend locally, fail only in CI)."""
     assert env_flag(value) is on
-    code = "import tests.conftest as c; print(c.IN_CI)"
+    code = "import tests.helpers as c; print(c.IN_CI)"
     done = subprocess.run(
         [sys.executable, "-c", code],
         env=clean_environ({"CI": value}),

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
-from tests.conftest import SYNC_KEY, Subscription, count_rows, new_api_key, sync_tenants, utc
+from tests.helpers import SYNC_KEY, Subscription, count_rows, new_api_key, sync_tenants, utc
 from webhook_service.db import Database
 from webhook_service.models import api_keys, tenants
 from webhook_service.web.app import create_app

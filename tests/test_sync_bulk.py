@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import (
+from tests.helpers import (
     WEBHOOK_SECRET,
     Subscription,
     count_rows,

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
-from tests.conftest import Clock, Subscription, sync_tenants, utc
+from tests.helpers import Clock, Subscription, sync_tenants, utc
 from webhook_service.db import Database
 from webhook_service.models import api_keys, tenant_changes, tenants
 

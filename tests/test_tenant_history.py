@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import Subscription, new_api_key
+from tests.helpers import Subscription, new_api_key
 from webhook_service.cli import cli
 
 DAY = 86400

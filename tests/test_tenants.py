@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import Clock, Subscription, sync_tenants, usage_of, utc
+from tests.helpers import Clock, Subscription, sync_tenants, usage_of, utc
 from webhook_service.db import Database
 from webhook_service.models import api_keys, tenant_changes, tenants
 

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import SYNC_KEY, Subscription, new_api_key, spend, usage_of
+from tests.helpers import SYNC_KEY, Subscription, new_api_key, spend, usage_of
 from webhook_service.cli import cli
 
 DAY = 86400

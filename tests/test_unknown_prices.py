@@ -17,7 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.conftest import (
+from tests.helpers import (
     Clock,
     Subscription,
     count_rows,

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import (
+from tests.helpers import (
     WEBHOOK_SECRET,
     Clock,
     Subscription,

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import SYNC_KEY, new_api_key
+from tests.helpers import SYNC_KEY, new_api_key
 from tests.servers import http, running_services
 from webhook_service.db import Database
 

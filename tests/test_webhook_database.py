@@ -23,7 +23,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests import stripe_events as se
-from tests.conftest import WEBHOOK_SECRET, scratch_postgres_database
+from tests.helpers import WEBHOOK_SECRET, scratch_postgres_database
 from tests.servers import closed_port
 from webhook_service.db import Database
 from webhook_service.migrate import upgrade

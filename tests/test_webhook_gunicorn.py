@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests import stripe_events as se
-from tests.conftest import SECOND_SECRET, SYNC_KEY, WEBHOOK_SECRET, wait_for
+from tests.helpers import SECOND_SECRET, SYNC_KEY, WEBHOOK_SECRET, failing_event, wait_for
 from tests.servers import http as http_request
 from tests.servers import run_cli, running_service
 from webhook_service.cli import cli
@@ -300,17 +300,8 @@ def test_log_stream_is_json_canonical_and_secret_free(service: Service) -> None:
     )
     assert status == 400
     # Failing: an unknown price decides the quota of the tenant that owns the customer.
-    failing = se.subscription_event(
-        "customer.subscription.updated",
-        sub_id=se.new_id("sub"),
-        customer=customer,
-        status="active",
-        period_start=1735689600,
-        period_end=1738368000,
-        created=1735689660,
-        api_version=se.LEGACY_API_VERSION,
-        price_id="price_x",
-        metadata={"tenant_id": tenant, "note": marker},
+    failing = failing_event(
+        tenant, customer=customer, api_version=se.LEGACY_API_VERSION, note=marker
     )
     failing_body = se.render(failing)
     request_ids["failed"] = rid("failed")

@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import WEBHOOK_SECRET, count_rows
+from tests.helpers import WEBHOOK_SECRET, count_rows
 from webhook_service.db import Database
 
 WEBHOOK = "/api/v1/billing/webhook"

@@ -16,7 +16,7 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import SECOND_SECRET, WEBHOOK_SECRET, count_rows
+from tests.helpers import SECOND_SECRET, WEBHOOK_SECRET, count_rows
 from webhook_service.db import Database
 from webhook_service.errors import InvalidSignature
 from webhook_service.webhooks.signature import verify_signature

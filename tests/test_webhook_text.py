@@ -17,7 +17,7 @@ from flask import Flask
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import count_rows
+from tests.helpers import count_rows
 from webhook_service.db import Database
 from webhook_service.webhooks.events import parse_event
 

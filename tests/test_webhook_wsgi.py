@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests import stripe_events as se
-from tests.conftest import WEBHOOK_SECRET
+from tests.helpers import WEBHOOK_SECRET
 from webhook_service.web import webhook as wsgi
 
 WEBHOOK = "/api/v1/billing/webhook"

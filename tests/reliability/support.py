@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tests import stripe_events as se
-from tests.conftest import WEBHOOK_SECRET
+from tests.helpers import WEBHOOK_SECRET
 from tests.servers import http
 
 WEBHOOK_PATH = "/api/v1/billing/webhook"

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from tests import stripe_events as se
-from tests.conftest import count_rows
+from tests.helpers import count_rows
 from tests.reliability.support import WEBHOOK_PATH, decode, signed
 from tests.servers import http, running_service
 from webhook_service.db import Database

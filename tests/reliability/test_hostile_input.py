@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests import stripe_events as se
-from tests.conftest import SYNC_KEY, WEBHOOK_SECRET
+from tests.helpers import SYNC_KEY, WEBHOOK_SECRET
 from tests.reliability.support import deliver, master_pid, wait_for_workers, worker_pids
 from tests.servers import http, running_service
 from webhook_service.db import Database

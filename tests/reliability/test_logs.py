@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests import stripe_events as se
-from tests.conftest import SYNC_KEY, WEBHOOK_SECRET, new_api_key
+from tests.helpers import SYNC_KEY, WEBHOOK_SECRET, new_api_key
 from tests.reliability.support import WEBHOOK_PATH, signed
 from tests.servers import closed_port, http, running_service
 from webhook_service.db import Database

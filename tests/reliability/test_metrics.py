@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import stripe_events as se
-from tests.conftest import SECOND_SECRET, WEBHOOK_SECRET
+from tests.helpers import SECOND_SECRET, WEBHOOK_SECRET
 from tests.reliability.support import WEBHOOK_PATH, master_pid, metrics_dir, signed
 from tests.servers import http, running_service
 from webhook_service.db import Database

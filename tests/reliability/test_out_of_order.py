@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import Clock, Subscription, usage_of, utc
+from tests.helpers import Clock, Subscription, usage_of, utc
 
 # The clock is 2025-01-01T12:00Z: P0 is over (it stays in force until Stripe reports
 # the next), P1 is the current month, P2 is ahead.

@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from tests import stripe_events as se
-from tests.conftest import count_rows
+from tests.helpers import count_rows
 from tests.reliability.support import NO_ANSWER_ERRORS, decode, deliver
 from tests.servers import http, running_service
 from tests.tcp_proxy import TcpProxy

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import SYNC_KEY
+from tests.helpers import SYNC_KEY
 from tests.reliability.test_hostile_input import MALFORMED, _raw_exchange
 from tests.servers import http, running_service
 from tests.stripe_stub import StripeStub, running_stripe_stub

@@ -14,7 +14,7 @@ import pytest
 
 import webhook_service
 from tests import stripe_events as se
-from tests.conftest import count_rows
+from tests.helpers import count_rows
 from tests.reliability.support import (
     WEBHOOK_PATH,
     decode,

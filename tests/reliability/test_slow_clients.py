@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import SYNC_KEY, new_api_key
+from tests.helpers import SYNC_KEY, new_api_key
 from tests.reliability.support import (
     WEBHOOK_PATH,
     master_pid,
