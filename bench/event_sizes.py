@@ -18,7 +18,7 @@ from pathlib import Path
 
 import stripe
 
-from bench.harness import WEBHOOK_SECRET as SECRET
+from bench.common import WEBHOOK_SECRET as SECRET
 from tests import stripe_events as se
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"

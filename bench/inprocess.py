@@ -30,13 +30,8 @@ import stripe
 from sqlalchemy import event
 
 from bench import workload
-from bench.harness import (
-    DEFAULT_PG_URL,
-    SYNC_KEY,
-    WEBHOOK_SECRET,
-    create_pg_database,
-    drop_pg_database,
-)
+from bench.common import DEFAULT_PG_URL, SYNC_KEY, WEBHOOK_SECRET
+from bench.databases import create_pg_database, drop_pg_database
 from tests import stripe_events as se
 from webhook_service import sql
 from webhook_service.db import Database

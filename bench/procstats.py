@@ -8,15 +8,20 @@ from pathlib import Path
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (0.0 if it is gone)."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (None if ``pid`` is gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return 0.0
+        return None
     # The command name may contain spaces: fields start after the last ')'.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (0.0 if it is gone)."""
+    fields = _stat_fields(pid)
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def children(pid: int) -> list[int]:
@@ -45,13 +50,37 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def group_cpu(pids: list[int]) -> dict[int, float]:
-    return {pid: cpu_seconds(pid) for pid in pids}
+# pid -> (start time in clock ticks since boot, CPU seconds): the start time tells a
+# process from a later one that was given the same pid.
+Snapshot = dict[int, tuple[int, float]]
 
 
-def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds spent between two snapshots by the processes alive in both."""
-    return sum(after[p] - before[p] for p in before if p in after)
+def group_cpu(pids: list[int]) -> Snapshot:
+    """CPU time of each of ``pids`` that is still running (those gone are left out)."""
+    snapshot: Snapshot = {}
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is not None:
+            cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            snapshot[pid] = (int(fields[19]), cpu)
+    return snapshot
+
+
+def cpu_delta(before: Snapshot, after: Snapshot, *, include_new: bool = False) -> float:
+    """CPU seconds spent between two snapshots by the processes alive in both.
+
+    A process that ended in between is left out (its last seconds are lost, never
+    counted as negative). With ``include_new``, a process only in ``after`` counts all its
+    CPU: it started in between (``after`` listed the group again, e.g. new database
+    backends).
+    """
+    total = 0.0
+    for pid, (start, cpu) in after.items():
+        if pid in before and before[pid][0] == start:
+            total += cpu - before[pid][1]
+        elif include_new:
+            total += cpu
+    return total
 
 
 def cpu_description() -> str:

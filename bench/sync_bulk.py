@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import DEFAULT_PG_URL, create_pg_database, drop_pg_database
+from bench.common import DEFAULT_PG_URL
+from bench.databases import create_pg_database, drop_pg_database
 from webhook_service.db import Database
 from webhook_service.migrate import upgrade
 from webhook_service.plans import load_catalog
