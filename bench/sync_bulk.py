@@ -21,7 +21,8 @@ from bench.databases import create_pg_database, drop_pg_database
 from webhook_service.db import Database
 from webhook_service.migrate import upgrade
 from webhook_service.plans import load_catalog
-from webhook_service.quotas.service import QuotaService, parse_sync_request
+from webhook_service.quotas.service import QuotaService
+from webhook_service.web.sync_request import parse_sync_request
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,8 +22,9 @@ from werkzeug.test import TestResponse
 from tests.helpers import Clock, Subscription, spend, usage_of, utc
 from webhook_service.db import Database
 from webhook_service.models import scan_spends
-from webhook_service.quotas.entitlements import Entitlement, scans_used
+from webhook_service.quotas.entitlements import Entitlement
 from webhook_service.quotas.periods import Window, add_months, billing_window
+from webhook_service.quotas.store import scans_used
 
 QUOTA = 500
 

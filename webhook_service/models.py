@@ -184,3 +184,15 @@ tenant_changes = Table(
     Column("price_lookup_key", String(255)),
     Column("quantity", Integer),
 )
+
+# Customers a customer.deleted event was applied to. Stripe never reuses a customer's
+# id, so a late event of such a customer (its subscriptions' cancellations, a slow
+# checkout) links it to no tenant again.
+deleted_customers = Table(
+    "deleted_customers",
+    metadata,
+    Column("customer_id", String(255), primary_key=True),
+    # The customer.deleted event that recorded it, and when it was applied.
+    Column("event_id", String(255), nullable=False),
+    Column("deleted_at", UTCDateTime, nullable=False),
+)

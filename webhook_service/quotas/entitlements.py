@@ -1,4 +1,9 @@
-"""A tenant's quota: which plan it has now, for which window, and how much is spent."""
+"""A tenant's quota, computed: which plan its subscriptions grant now, for which window.
+
+Pure: values in, values out. :func:`entitlement` takes the mirrored subscriptions of the
+tenant's customer (read by ``quotas/store.py``), the plan catalog and the time;
+:class:`Usage` adds the scans spent in the window.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, bindparam, func, select
 
-from webhook_service.models import scan_spends, subscriptions
 from webhook_service.plans import PlanCatalog
 from webhook_service.quotas.periods import Window, billing_window, calendar_month
-from webhook_service.sql import Prepared, run
 
 log = structlog.get_logger(__name__)
 
@@ -23,6 +25,54 @@ TERMINAL_STATUSES = frozenset({"canceled", "incomplete_expired"})
 
 def rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A mirrored Stripe subscription: one row of the ``subscriptions`` table.
+
+    ``status`` is None on a placeholder (only an invoice's period known yet);
+    ``(state_created, state_rank)`` order the events that described it.
+    """
+
+    id: str
+    customer_id: str | None
+    metadata_tenant_id: str | None
+    status: str | None
+    price_id: str | None
+    price_lookup_key: str | None
+    price_interval: str | None
+    price_interval_count: int | None
+    quantity: int | None
+    cancel_at_period_end: bool
+    current_period_start: datetime | None
+    current_period_end: datetime | None
+    state_created: int | None
+    state_rank: int | None
+    state_event_id: str | None
+    updated_at: datetime
+
+
+def after_write(
+    subs: Sequence[Subscription], customer_id: str, written: Subscription
+) -> list[Subscription]:
+    """``customer_id``'s subscriptions, read before ``written`` was stored, as they are now.
+
+    The subscriptions an entitlement counts are the customer's rows that have a status
+    (what the store reads): ``written`` takes its old row's place among them, joins them
+    at the end, or leaves them.
+    """
+    counted = written.customer_id == customer_id and written.status is not None
+    result: list[Subscription] = []
+    for sub in subs:
+        if sub.id != written.id:
+            result.append(sub)
+        elif counted:
+            result.append(written)
+            counted = False
+    if counted:
+        result.append(written)
+    return result
 
 
 @dataclass(frozen=True)
@@ -100,21 +150,7 @@ class Usage:
         }
 
 
-_CUSTOMER_SUBSCRIPTIONS = Prepared(
-    select(subscriptions).where(
-        subscriptions.c.customer_id == bindparam("b_customer"),
-        subscriptions.c.status.is_not(None),
-    )
-)
-
-
-def customer_subscriptions(conn: Connection, customer_id: str | None) -> Sequence[Any]:
-    if not customer_id:
-        return []
-    return run(conn, _CUSTOMER_SUBSCRIPTIONS, {"b_customer": customer_id}).all()
-
-
-def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Entitlement:
+def entitlement(subs: Sequence[Subscription], catalog: PlanCatalog, now: datetime) -> Entitlement:
     """The plan a set of subscriptions grants at ``now`` (largest granting quota wins)."""
     best: tuple[int, datetime, Any, Any] | None = None
     unpriced: list[UnpricedSubscription] = []
@@ -161,40 +197,3 @@ def entitlement(subs: Sequence[Any], catalog: PlanCatalog, now: datetime) -> Ent
         calendar_month(now),
         unpriced=tuple(unpriced),
     )
-
-
-_SPENT_SINCE_QUERY = select(func.coalesce(func.sum(scan_spends.c.count), 0)).where(
-    scan_spends.c.tenant_id == bindparam("b_tenant"),
-    scan_spends.c.spent_at >= bindparam("b_start", type_=scan_spends.c.spent_at.type),
-)
-_SPENT_SINCE = Prepared(_SPENT_SINCE_QUERY)
-_SPENT_IN = Prepared(
-    _SPENT_SINCE_QUERY.where(
-        scan_spends.c.spent_at < bindparam("b_end", type_=scan_spends.c.spent_at.type)
-    )
-)
-
-
-def scans_used(conn: Connection, tenant_id: str, ent: Entitlement) -> int:
-    """Scans spent in the window (everything since its start while it stays in force)."""
-    params = {"b_tenant": tenant_id, "b_start": ent.window.start}
-    if ent.window_open:
-        return int(run(conn, _SPENT_IN, {**params, "b_end": ent.window.end}).scalar_one())
-    return int(run(conn, _SPENT_SINCE, params).scalar_one())
-
-
-def tenant_entitlement(
-    conn: Connection, customer_id: str | None, catalog: PlanCatalog, now: datetime
-) -> Entitlement:
-    return entitlement(customer_subscriptions(conn, customer_id), catalog, now)
-
-
-def tenant_usage(
-    conn: Connection,
-    tenant_id: str,
-    customer_id: str | None,
-    catalog: PlanCatalog,
-    now: datetime,
-) -> Usage:
-    ent = tenant_entitlement(conn, customer_id, catalog, now)
-    return Usage(tenant_id, ent, scans_used(conn, tenant_id, ent))

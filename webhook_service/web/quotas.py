@@ -8,8 +8,9 @@ from typing import Any
 from flask import Blueprint, request
 
 from webhook_service.errors import InvalidRequest, InvalidSyncKey, SyncNotConfigured
-from webhook_service.quotas.service import MAX_SPEND_COUNT, parse_sync_request
+from webhook_service.quotas.service import MAX_SPEND_COUNT
 from webhook_service.web.current import services
+from webhook_service.web.sync_request import parse_sync_request
 from webhook_service.web.tenant_api import (
     bind_tenant,
     current_tenant,

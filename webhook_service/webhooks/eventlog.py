@@ -60,6 +60,30 @@ _INSERT_COLUMNS = (
 )
 
 
+_CUSTOMER_DELETION_APPLIED = (
+    select(stripe_events.c.id)
+    .where(
+        stripe_events.c.type == "customer.deleted",
+        stripe_events.c.object_id == bindparam("b_customer"),
+        stripe_events.c.outcome == "processed",
+    )
+    .limit(1)
+)
+
+
+def customer_deletion_applied(conn: Connection, customer_id: str) -> bool:
+    """Is a ``customer.deleted`` event of ``customer_id`` logged as processed?
+
+    Transitional. The quota domain records deleted customers itself since migration
+    0006, which copied the deletions logged before it; this finds the ones that an
+    instance of the release before applied after the migration ran (during the rolling
+    deploy, or after a rollback). It goes with the contract step, in the release after:
+    a migration that copies those deletions too, then nothing asks this any more.
+    """
+    found = conn.execute(_CUSTOMER_DELETION_APPLIED, {"b_customer": customer_id}).first()
+    return found is not None
+
+
 @dataclass(frozen=True)
 class Receipt:
     event_id: str

@@ -1,12 +1,15 @@
-"""Read Stripe subscriptions and invoices in both payload shapes, and mirror them.
+"""Read what the quota domain needs from Stripe event payloads, in both payload shapes.
+
+Pure: an event in, plain values out, no database. A field the handlers need and find
+in neither shape fails the event with :class:`HandlerError`, naming the field and the
+event's api_version.
 
 Stripe renders an event in the endpoint's API version. Before ``2025-03-31.basil`` the
 billing period sits on the subscription (``current_period_*``) and an invoice names its
 subscription directly (``invoice.subscription``, ``line.subscription``); from basil on
 the period sits on each subscription item and the invoice points through ``parent``
 (``invoice.parent.subscription_details.subscription``,
-``line.parent.subscription_item_details.subscription``). Both are read; a field found
-in neither fails the event, naming the field and the api_version.
+``line.parent.subscription_item_details.subscription``). Both are read.
 """
 
 from __future__ import annotations
@@ -14,29 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import Connection, bindparam, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-from webhook_service.models import subscriptions
-from webhook_service.quotas.entitlements import TERMINAL_STATUSES
-from webhook_service.sql import Prepared, run
+from webhook_service.quotas.tenants import TENANT_ID_RE
 from webhook_service.webhooks.events import StripeEvent
 from webhook_service.webhooks.registry import HandlerError
 
 # A subscription item's quantity that fits every column (and any real subscription).
 MAX_QUANTITY = 1_000_000
-
-# On the same second: created < updated/paused/resumed < deleted.
-EVENT_RANK = {
-    "customer.subscription.created": 0,
-    "customer.subscription.updated": 1,
-    "customer.subscription.paused": 1,
-    "customer.subscription.resumed": 1,
-    "customer.subscription.deleted": 2,
-}
 
 
 def missing(event: StripeEvent, name: str) -> HandlerError:
@@ -59,6 +47,58 @@ def timestamp(value: Any) -> datetime | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return datetime.fromtimestamp(value, UTC)
     return None
+
+
+def tenant_id_field(event: StripeEvent, value: object, field: str) -> str | None:
+    """A tenant id the sender put in ``field``: None when absent, an error when malformed."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not TENANT_ID_RE.match(value):
+        raise HandlerError(f"{event.type}: {field} is not a valid tenant id")
+    return value
+
+
+def customer_of(event: StripeEvent) -> str | None:
+    """The customer the event's object names (``customer``), if any."""
+    return object_id(event.object.get("customer"))
+
+
+@dataclass(frozen=True)
+class CheckoutLink:
+    """A subscription checkout's tenant and the customer that paid."""
+
+    tenant_id: str
+    customer_id: str
+
+
+def read_checkout(event: StripeEvent) -> CheckoutLink | Literal["not_subscription", "no_tenant"]:
+    """The link a completed checkout asks for.
+
+    The tenant is ``client_reference_id``, else ``metadata.tenant_id``; a malformed one
+    fails the event. A subscription checkout that names no tenant links nothing, and
+    neither does a checkout of another mode.
+    """
+    session = event.object
+    if session.get("mode") != "subscription":
+        return "not_subscription"
+    metadata = session.get("metadata") if isinstance(session.get("metadata"), dict) else {}
+    tenant_id = tenant_id_field(
+        event, session.get("client_reference_id"), "client_reference_id"
+    ) or tenant_id_field(event, (metadata or {}).get("tenant_id"), "metadata.tenant_id")
+    if tenant_id is None:
+        return "no_tenant"
+    customer = object_id(session.get("customer"))
+    if customer is None:
+        raise missing(event, "customer")
+    return CheckoutLink(tenant_id, customer)
+
+
+def read_deleted_customer(event: StripeEvent) -> str:
+    """The customer a ``customer.deleted`` event deletes."""
+    customer = object_id(event.object.get("id"))
+    if customer is None:
+        raise missing(event, "id")
+    return customer
 
 
 @dataclass(frozen=True)
@@ -86,7 +126,11 @@ def _items(sub: dict[str, Any]) -> list[dict[str, Any]]:
 def read_subscription(
     event: StripeEvent, knows_price: Callable[[str | None, str | None], bool]
 ) -> SubscriptionState:
-    """The subscription an event describes, from either payload shape."""
+    """The subscription an event describes, from either payload shape.
+
+    ``knows_price(price_id, lookup_key)`` picks the item whose price the catalog sells;
+    without one, the first item is read.
+    """
     sub = event.object
     sub_id = object_id(sub.get("id"))
     if sub_id is None:
@@ -210,159 +254,13 @@ def read_invoice_period(event: StripeEvent) -> InvoicePeriod:
     return InvoicePeriod(sub_id, object_id(invoice.get("customer")), start, end)
 
 
-# Built once: the hot path runs them with parameters only.
-_PLACEHOLDER_COLUMNS = ("id", "customer_id", "cancel_at_period_end", "updated_at")
-_PLACEHOLDER = {
-    "sqlite": Prepared(
-        sqlite_insert(subscriptions).on_conflict_do_nothing(index_elements=["id"]),
-        column_keys=_PLACEHOLDER_COLUMNS,
-    ),
-    "postgresql": Prepared(
-        pg_insert(subscriptions).on_conflict_do_nothing(index_elements=["id"]),
-        column_keys=_PLACEHOLDER_COLUMNS,
-    ),
-}
-_ROW_QUERY = select(subscriptions).where(subscriptions.c.id == bindparam("b_id"))
-_ROW = Prepared(_ROW_QUERY)
-_ROW_FOR_UPDATE = Prepared(_ROW_QUERY.with_for_update())
-# Every mirrored column is a parameter named after the column.
-_MIRROR_COLUMNS = (
-    "customer_id",
-    "metadata_tenant_id",
-    "status",
-    "price_id",
-    "price_lookup_key",
-    "price_interval",
-    "price_interval_count",
-    "quantity",
-    "cancel_at_period_end",
-    "current_period_start",
-    "current_period_end",
-    "state_created",
-    "state_rank",
-    "state_event_id",
-    "updated_at",
-)
-_UPDATE = update(subscriptions).where(subscriptions.c.id == bindparam("b_id"))
-_MIRROR = Prepared(_UPDATE, column_keys=_MIRROR_COLUMNS)
-# advance_period: the customer (when only an invoice named it), the period, or both.
-_ADVANCE = {
-    (True, False): Prepared(_UPDATE, column_keys=("customer_id",)),
-    (False, True): Prepared(
-        _UPDATE, column_keys=("current_period_start", "current_period_end", "updated_at")
-    ),
-    (True, True): Prepared(
-        _UPDATE,
-        column_keys=("customer_id", "current_period_start", "current_period_end", "updated_at"),
-    ),
-}
+def billing_reason(event: StripeEvent) -> str | None:
+    """An invoice's ``billing_reason``, when it is a string."""
+    reason = event.object.get("billing_reason")
+    return reason if isinstance(reason, str) else None
 
 
-def _lock_row(conn: Connection, sub_id: str, customer_id: str | None, now: datetime) -> Any:
-    """Create the subscription's row if needed and lock it for this transaction.
-
-    Read (and on PostgreSQL lock) first: the row usually exists, and one round trip
-    does. Absent, a placeholder is inserted (a concurrent insert of the same id waits
-    on the primary key, then does nothing) and the row read and locked again.
-    """
-    dialect = conn.dialect.name
-    query = _ROW if dialect == "sqlite" else _ROW_FOR_UPDATE
-    row = run(conn, query, {"b_id": sub_id}).one_or_none()
-    if row is not None:
-        return row
-    run(
-        conn,
-        _PLACEHOLDER[dialect],
-        {
-            "id": sub_id,
-            "customer_id": customer_id,
-            "cancel_at_period_end": False,
-            "updated_at": now,
-        },
-    )
-    return run(conn, query, {"b_id": sub_id}).one()
-
-
-def is_stale(row: Any, created: int, rank: int) -> bool:
-    """Would applying an event of (created, rank) overwrite state from a later event?"""
-    if row.status is None:  # nothing but an invoice's period known yet
-        return False
-    if row.status in TERMINAL_STATUSES:
-        return True
-    return (created, rank) < (row.state_created or 0, row.state_rank or 0)
-
-
-def apply_subscription(
-    conn: Connection,
-    state: SubscriptionState,
-    event: StripeEvent,
-    now: datetime,
-    check: Callable[[SubscriptionState], None],
-) -> bool:
-    """Mirror ``state`` unless a later event already did; False when the event is stale.
-
-    ``check`` runs only for an event that will be applied (a stale one's price does
-    not matter) and may raise to fail it.
-    """
-    row = _lock_row(conn, state.id, state.customer_id, now)
-    rank = EVENT_RANK[event.type]
-    if is_stale(row, event.created, rank):
-        return False
-    check(state)
-    start, end = state.period_start, state.period_end
-    if row.current_period_start is not None and row.current_period_start > start:
-        start, end = row.current_period_start, row.current_period_end  # periods only move on
-    run(
-        conn,
-        _MIRROR,
-        {
-            "b_id": state.id,
-            "customer_id": state.customer_id,
-            "metadata_tenant_id": state.metadata_tenant_id,
-            "status": state.status,
-            "price_id": state.price_id,
-            "price_lookup_key": state.price_lookup_key,
-            "price_interval": state.price_interval,
-            "price_interval_count": state.price_interval_count,
-            "quantity": state.quantity,
-            "cancel_at_period_end": state.cancel_at_period_end,
-            "current_period_start": start,
-            "current_period_end": end,
-            "state_created": event.created,
-            "state_rank": rank,
-            "state_event_id": event.id,
-            "updated_at": now,
-        },
-    )
-    return True
-
-
-def advance_period(
-    conn: Connection,
-    period: InvoicePeriod,
-    now: datetime,
-    before_change: Callable[[], None] | None = None,
-) -> bool:
-    """Move the subscription's period forward to the invoiced one; False if nothing changed.
-
-    (An invoice may also name the customer of a subscription known only from invoices.)
-    ``before_change`` runs first when something is about to change.
-    """
-    row = _lock_row(conn, period.subscription_id, period.customer_id, now)
-    values: dict[str, Any] = {"b_id": period.subscription_id}
-    set_customer = row.customer_id is None and bool(period.customer_id)
-    if set_customer:
-        values["customer_id"] = period.customer_id
-    newer = row.current_period_start is None or period.period_start > row.current_period_start
-    if newer:
-        values.update(
-            current_period_start=period.period_start,
-            current_period_end=period.period_end,
-            updated_at=now,
-        )
-    if set_customer or newer:
-        if before_change is not None:
-            before_change()
-        run(conn, _ADVANCE[set_customer, newer], values)
-        return True
-    return False
+def attempt_count(event: StripeEvent) -> int | None:
+    """An invoice's ``attempt_count``: a count, or None (the field could hold any text)."""
+    attempts = event.object.get("attempt_count")
+    return attempts if type(attempts) is int else None
