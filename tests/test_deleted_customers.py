@@ -19,7 +19,7 @@ from sqlalchemy import inspect, select
 from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
-from tests.conftest import Subscription, count_rows, utc
+from tests.helpers import Subscription, count_rows, utc
 from webhook_service.db import Database
 from webhook_service.migrate import alembic_config, head_revision, upgrade
 from webhook_service.models import deleted_customers, stripe_events, tenants

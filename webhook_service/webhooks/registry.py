@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 from webhook_service.plans import PlanCatalog
 from webhook_service.webhooks.events import StripeEvent
 
-Outcome = Literal["processed", "ignored", "stale"]
+HandlerOutcome = Literal["processed", "ignored", "stale"]
 
 
 class HandlerError(Exception):
@@ -33,7 +33,7 @@ class HandlerScope:
 
 @dataclass
 class HandlerResult:
-    outcome: Outcome = "processed"
+    outcome: HandlerOutcome = "processed"
     tenant_id: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
 
