@@ -4,7 +4,7 @@ SQLAlchemy Core builds and compiles every statement of the service, and its
 ``Connection`` owns transactions, pooling, events and error translation. What it also
 does on each ``execute`` (cache-key lookup, an execution context, a cursor result with
 its metadata) costs several times what SQLite needs to run a primary-key lookup, and a
-webhook sends about ten statements. :class:`Prepared` keeps what a compiled statement
+webhook sends several statements. :class:`Prepared` keeps what a compiled statement
 knows (its SQL, the order of its parameters, the type processors of its parameters and
 columns, all read through SQLAlchemy's public compiler and type API) and :func:`run`
 hands the SQL to the DBAPI cursor of the connection's current transaction.
