@@ -1,11 +1,10 @@
-"""The short way structlog's lines take (``webhook_service.logging.BoundLogger``).
+"""The lines the configured handler writes (``webhook_service.logging.configure_logging``).
 
-When the root logger's own handler is the only one listening, as under gunicorn, a
-structlog line is rendered and written without a ``LogRecord``; otherwise (pytest's
-``caplog``, the capture of ``test_logging``) it is one record for every handler. Both
-ways must write the same text, filtered by the same level, to the same stream. pytest
-adds handlers of its own to the root logger during a test: ``sole_handler`` removes them
-for a while, so that the short way is the one taken.
+structlog's lines go through the standard library to the one handler on the root logger,
+and to any other handler listening (pytest's ``caplog``, the capture of ``test_logging``):
+every handler with the service's formatter writes the same text, filtered by the same
+level. pytest adds handlers of its own to the root logger during a test: ``sole_handler``
+removes them for a while, so that what the configured handler writes alone is seen.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import json
 import logging
 import re
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,8 +25,7 @@ import structlog
 from flask import Flask
 
 from tests.test_logging import capture
-from webhook_service import logging as service_logging
-from webhook_service.logging import clear_contextvars, configure_logging
+from webhook_service.logging import configure_logging
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +42,9 @@ def sole_handler() -> Iterator[io.StringIO]:
     """The configured handler alone on the root logger, writing to a string."""
     root = logging.getLogger()
     saved = root.handlers[:]
-    [ours] = [h for h in saved if isinstance(h, service_logging._StreamHandler)]
+    ours = saved[0]  # configure_logging's; pytest appends its own
+    assert isinstance(ours, logging.StreamHandler)
+    assert isinstance(ours.formatter, structlog.stdlib.ProcessorFormatter)
     stream = io.StringIO()
     previous = ours.setStream(stream)
     root.handlers[:] = [ours]
@@ -54,21 +53,6 @@ def sole_handler() -> Iterator[io.StringIO]:
     finally:
         root.handlers[:] = saved
         ours.setStream(previous or sys.stderr)
-
-
-@pytest.fixture
-def no_records(monkeypatch: pytest.MonkeyPatch) -> list[logging.LogRecord]:
-    """Records built for structlog's lines (none is expected on the short way)."""
-    built: list[logging.LogRecord] = []
-    make = service_logging._record
-
-    def counting(*args: Any) -> logging.LogRecord:
-        record = make(*args)
-        built.append(record)
-        return record
-
-    monkeypatch.setattr(service_logging, "_record", counting)
-    return built
 
 
 def log_some_lines(log: Any) -> None:
@@ -88,20 +72,16 @@ def without_timestamps(text: str) -> str:
 
 
 @pytest.mark.parametrize("log_format", ["json", "console"])
-def test_short_way_writes_what_a_record_renders_to(
-    log_format: str, no_records: list[logging.LogRecord]
-) -> None:
-    """Write, without a record, the text the formatter makes of the record."""
+def test_every_handler_writes_the_same_lines(log_format: str) -> None:
+    """Write the same text alone as beside another handler with the same formatter."""
     configure_logging(log_format, "info")
     log = structlog.get_logger("tests.fast_path")
     with sole_handler() as direct:
         log_some_lines(log)
-    assert no_records == []
-    with sole_handler() as through_records, capture() as second:
+    with sole_handler() as beside_another, capture() as second:
         log_some_lines(log)
-    assert len(no_records) == 3
-    assert without_timestamps(direct.getvalue()) == without_timestamps(through_records.getvalue())
-    assert through_records.getvalue() == second.text
+    assert without_timestamps(direct.getvalue()) == without_timestamps(beside_another.getvalue())
+    assert beside_another.getvalue() == second.text
     text = direct.getvalue()
     assert "nat_pk_leaked" not in text
     assert "Traceback" in text
@@ -141,7 +121,7 @@ def test_configured_handler_writes_to_stderr() -> None:
     assert handler.stream is sys.stderr
 
 
-@pytest.mark.parametrize("sole", [True, False], ids=["short-way", "records"])
+@pytest.mark.parametrize("sole", [True, False], ids=["alone", "beside-another"])
 def test_lines_below_the_level_are_not_written(sole: bool) -> None:
     """At LOG_LEVEL=warning, write warnings and not info lines, either way."""
     configure_logging("json", "warning")
@@ -196,40 +176,34 @@ def test_a_failing_stream_is_handled_as_logging_does(monkeypatch: pytest.MonkeyP
     assert record.pathname == __file__
 
 
-@pytest.mark.parametrize(
-    "micros", [0, 1, 123456, 999999], ids=["no-fraction", "1us", "mid", "last-us"]
-)
-def test_timestamp_is_iso_utc_like_structlog(micros: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stamp the text TimeStamper(fmt="iso", utc=True) would (datetime.isoformat + Z)."""
-    instant = datetime.datetime(2025, 1, 2, 3, 4, 5, micros, tzinfo=datetime.UTC)
-    seconds = int(instant.timestamp())
-    monkeypatch.setattr(time, "time_ns", lambda: (seconds * 1_000_000 + micros) * 1000)
-    stamped = service_logging._timestamp(None, "info", {})["timestamp"]
-    assert stamped == instant.isoformat().replace("+00:00", "Z")
+def test_timestamp_is_iso_utc() -> None:
+    """Stamp every line, structlog's and the standard library's, with ISO 8601 UTC time."""
+    with sole_handler() as stream:
+        before = datetime.datetime.now(datetime.UTC)
+        structlog.get_logger("tests.fast_path").info("stamped")
+        logging.getLogger("tests.stdlib").warning("stamped too")
+        after = datetime.datetime.now(datetime.UTC)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        stamp = json.loads(line)["timestamp"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", stamp), stamp
+        assert before <= datetime.datetime.fromisoformat(stamp) <= after
 
 
-def test_timestamp_agrees_with_structlog_now() -> None:
-    """Stamp the current time, in structlog's format."""
-    stamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
-    theirs = stamper(None, "info", {})["timestamp"]
-    ours = service_logging._timestamp(None, "info", {})["timestamp"]
-    parse = datetime.datetime.fromisoformat
-    assert ours.endswith("Z")
-    assert 0 <= (parse(ours) - parse(theirs)).total_seconds() < 1
-
-
-def test_contextvars_helpers_agree_with_structlog() -> None:
-    """Merge the keys structlog merges, in its order; clear all of them."""
-    structlog.contextvars.clear_contextvars()
+def test_lines_carry_the_bound_context_until_cleared() -> None:
+    """Add the bound variables after the line's own keys (which win), in binding order."""
+    log = structlog.get_logger("tests.fast_path")
     structlog.contextvars.bind_contextvars(b=1, a="x", c=None, gone=3)
     structlog.contextvars.unbind_contextvars("gone")
-    expected = structlog.contextvars.merge_contextvars(None, "info", {"a": "kept"})
-    merged = service_logging._merge_contextvars(None, "info", {"a": "kept"})
-    assert list(merged.items()) == list(expected.items())
-    assert merged == {"a": "kept", "b": 1, "c": None}
-    clear_contextvars()
-    assert structlog.contextvars.get_contextvars() == {}
-    assert service_logging._merge_contextvars(None, "info", {}) == {}
+    with sole_handler() as stream:
+        log.info("bound", a="kept")
+        structlog.contextvars.clear_contextvars()
+        log.info("cleared")
+    bound, cleared = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert list(bound) == ["a", "event", "b", "c", "level", "logger", "timestamp"]
+    assert (bound["a"], bound["b"], bound["c"]) == ("kept", 1, None)
+    assert list(cleared) == ["event", "level", "logger", "timestamp"]
 
 
 def request_lines(text: str) -> list[dict[str, Any]]:
@@ -237,7 +211,7 @@ def request_lines(text: str) -> list[dict[str, Any]]:
     return [line for line in lines if line.get("event") == "request"]
 
 
-def test_request_line_the_short_way(app: Flask) -> None:
+def test_request_line(app: Flask) -> None:
     """Write the canonical line of a request to the handler alone, /healthz excepted."""
     client = app.test_client()
     with sole_handler() as stream:
@@ -257,9 +231,22 @@ def test_request_line_the_short_way(app: Flask) -> None:
         "logger": "webhook_service.request",
         "timestamp": ready["timestamp"],
     }
+    assert list(ready) == [
+        "request_id",
+        "method",
+        "route",
+        "status",
+        "duration_ms",
+        "remote_addr",
+        "event",
+        "level",
+        "logger",
+        "timestamp",
+    ]
     assert isinstance(ready["duration_ms"], float)
     assert (missing["route"], missing["status"]) == ("<unmatched>", 404)
     assert missing["request_id"] != "bad id!"
+    assert structlog.contextvars.get_contextvars() == {}  # nothing left for the next request
 
 
 def test_request_line_is_not_written_at_warning(make_app: Callable[..., Flask]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, MultipleResultsFound, NoResultFound
 
 from webhook_service.db import Database
@@ -150,3 +150,50 @@ def test_statements_whose_sql_depends_on_values_are_refused(database: Database) 
     )
     with database.transaction() as conn, pytest.raises(ValueError, match="b_ids"):
         run(conn, expanding, {"b_ids": ["tnt_a"]})
+
+
+def test_rows_are_keyed_as_sqlalchemy_keys_them(database: Database) -> None:
+    """Name a row's fields as Connection.execute does: labels, functions, RETURNING, text()."""
+    _create(database, "tnt_k")
+    statements = [
+        select(tenants.c.id, tenants.c.id, (tenants.c.active).label("on")).where(
+            tenants.c.id == bindparam("b_id")
+        ),
+        select(func.count(tenants.c.id)).where(tenants.c.id == bindparam("b_id")),
+        update(tenants)
+        .where(tenants.c.id == bindparam("b_id"))
+        .values(updated_at=bindparam("b_now"))
+        .returning(tenants.c.id, tenants.c.updated_at),
+        text("SELECT id, active FROM tenants WHERE id = :b_id"),
+    ]
+    params = {"b_id": "tnt_k", "b_now": NOW}
+    with database.transaction(write=True) as conn:
+        for statement in statements:
+            [row] = run(conn, Prepared(statement), params).all()
+            reference = conn.execute(statement, params)
+            assert row._fields == tuple(reference.keys())
+            assert tuple(row) == tuple(reference.one())
+
+
+def test_a_statement_needing_column_defaults_is_refused(database: Database) -> None:
+    """An INSERT without a column that has a Python-side default is refused, not run.
+
+    It would send NULL where Connection.execute sends the default (``tenants.active``).
+    """
+    without_active = Prepared(
+        insert(tenants), column_keys=("id", "stripe_customer_id", "created_at", "updated_at")
+    )
+    values = {"id": "tnt_l", "stripe_customer_id": None, "created_at": NOW, "updated_at": NOW}
+    with database.transaction(write=True) as conn, pytest.raises(ValueError, match="active"):
+        run(conn, without_active, values)
+
+
+def test_a_connection_outside_a_transaction_is_refused(database: Database) -> None:
+    """Run only in SQLAlchemy's transaction: a statement must not bypass its autobegin."""
+    _create(database, "tnt_m")
+    with database.engine.connect() as conn:
+        with pytest.raises(RuntimeError, match="transaction"):
+            run(conn, RENAME_CUSTOMER, {"b_id": "tnt_m", "stripe_customer_id": "cus_m"})
+        conn.rollback()
+    with database.transaction() as conn:
+        assert run(conn, BY_ID, {"b_id": "tnt_m"}).one().stripe_customer_id is None

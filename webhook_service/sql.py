@@ -3,21 +3,30 @@
 SQLAlchemy Core builds and compiles every statement of the service, and its
 ``Connection`` owns transactions, pooling, events and error translation. What it also
 does on each ``execute`` (cache-key lookup, an execution context, a cursor result with
-its metadata) costs tens of microseconds, several times what SQLite needs to run a
-primary-key lookup; on a webhook that sends eight statements it was the largest single
-cost. :class:`Prepared` keeps what a compiled statement knows (its SQL, the order of its
-parameters, the type processors of its parameters and columns) and :func:`run` hands
-the SQL to the DBAPI cursor of the connection's current transaction.
+its metadata) costs several times what SQLite needs to run a primary-key lookup, and a
+webhook sends several statements. :class:`Prepared` keeps what a compiled statement
+knows (its SQL, the order of its parameters, the type processors of its parameters and
+columns, all read through SQLAlchemy's public compiler and type API) and :func:`run`
+hands the SQL to the DBAPI cursor of the connection's current transaction.
 
-What stays SQLAlchemy's: the transaction (``Database.transaction``), and errors. A
-driver error is passed to ``Connection._handle_dbapi_exception``, the same translation
-``Connection.execute`` uses: it raises ``sqlalchemy.exc.OperationalError`` and the
-like (so a database outage still answers 503), runs the ``handle_error`` hooks, and
-invalidates a connection that was lost.
+What stays SQLAlchemy's: the transaction (``Database.transaction``; :func:`run` refuses
+a connection outside one, as it would bypass SQLAlchemy's autobegin), and errors. A
+driver error is passed to ``Connection._handle_dbapi_exception``, the translation
+``Connection.execute`` uses: it raises ``sqlalchemy.exc.OperationalError`` and the like
+(so a database outage still answers 503), runs the ``handle_error`` hooks, and
+invalidates a connection that was lost. That method is SQLAlchemy's only private name
+used here; the pin ``sqlalchemy<2.2`` in pyproject.toml is for it, and ``tests/test_sql.py``
+checks the translation on both engines.
+
+What ``Connection.execute`` does and :func:`run` does not: the ``before_cursor_execute``
+and ``after_cursor_execute`` events (the service registers none), and Python-side
+column defaults (a statement that would need one is refused: list the column in
+``column_keys`` and give its value).
 
 Only statements whose SQL does not depend on the parameters can be prepared: no
-expanding ``IN``, and INSERT/UPDATE statements list the columns they set
-(``column_keys``), every one of which must then be given on each call.
+expanding ``IN``, no parameters rendered into the SQL at execution, and INSERT/UPDATE
+statements list the columns they set (``column_keys``), every one of which must then be
+given on each call.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from __future__ import annotations
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Connection, Dialect
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
@@ -79,6 +88,7 @@ class _Plan:
 
     __slots__ = (
         "bind_processors",
+        "column_processors",
         "columns",
         "defaults",
         "names",
@@ -88,7 +98,15 @@ class _Plan:
         "sql",
     )
 
-    def __init__(self, compiled: SQLCompiler, dialect: Dialect) -> None:
+    def __init__(self, statement: Executable, compiled: SQLCompiler, dialect: Dialect) -> None:
+        rendered = compiled.literal_execute_params | compiled.post_compile_params
+        if rendered:
+            names = sorted(compiled.bind_names[bind] for bind in rendered)
+            raise ValueError(f"cannot prepare a statement with parameters {names}")
+        defaulted = [*compiled.insert_prefetch, *compiled.update_prefetch]
+        if defaulted:
+            names = sorted(column.key for column in defaulted)
+            raise ValueError(f"cannot prepare a statement that needs column defaults: {names}")
         self.sql: str = compiled.string
         self.positional: bool = bool(compiled.positional)
         if self.positional:
@@ -97,28 +115,41 @@ class _Plan:
             self.names = tuple(compiled.bind_names.values())
         # Values written into the statement (``col == "x"``, LIMIT 1) travel as binds too.
         self.defaults: dict[str, Any] = {}
+        processors: list[tuple[str, Processor]] = []
         for name in self.names:
             bind = compiled.binds[name]
             if bind.expanding or bind.callable is not None:
                 raise ValueError(f"cannot prepare a statement with parameter {name!r}")
             if not bind.required:
                 self.defaults[name] = bind.value
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors.append((name, process))
         self.required = frozenset(self.names) - self.defaults.keys()
-        processors = cast(Mapping[str, Processor], compiled._bind_processors)
-        self.bind_processors: tuple[tuple[str, Processor], ...] = tuple(
-            (name, processors[name]) for name in self.names if name in processors
-        )
-        result_columns = compiled._result_columns
-        self.row_type: Any = None
-        self.columns: tuple[tuple[int, Processor], ...] = ()
-        if result_columns:
-            keys = [column.keyname for column in result_columns]
-            self.row_type = namedtuple("Row", keys, rename=True)  # type: ignore[misc]
-            self.columns = tuple(
-                (index, processor)
-                for index, column in enumerate(result_columns)
-                if (processor := column.type._cached_result_processor(dialect, None)) is not None
+        self.bind_processors: tuple[tuple[str, Processor], ...] = tuple(processors)
+        # The result's columns, in the order of the SQL's: RETURNING's (also the implicit
+        # one that fetches a new primary key), else the SELECT's; text() has no types.
+        columns = compiled.effective_returning
+        if columns is None:
+            columns = getattr(statement, "exported_columns", None)
+        self.columns: tuple[Any, ...] | None = tuple(columns) if columns is not None else None
+        self.column_processors: tuple[tuple[int, Processor], ...] = ()
+        if self.columns is not None:
+            self.column_processors = tuple(
+                (index, process)
+                for index, column in enumerate(self.columns)
+                if (process := column.type.dialect_impl(dialect).result_processor(dialect, None))
+                is not None
             )
+        # Named as SQLAlchemy names a result's keys (the cursor's), at the first result.
+        self.row_type: Any = None
+
+    def make_row_type(self, description: Sequence[Sequence[Any]]) -> Any:
+        if self.columns is not None and len(description) != len(self.columns):
+            raise ValueError(f"{len(description)} result columns, {len(self.columns)} expected")
+        keys = [str(column[0]) for column in description]
+        self.row_type = namedtuple("Row", keys, rename=True)  # type: ignore[misc]
+        return self.row_type
 
     def parameters(self, params: Mapping[str, Any]) -> Any:
         if not self.required <= params.keys():
@@ -151,7 +182,7 @@ class Prepared:
             compiled = self.statement.compile(  # type: ignore[attr-defined]
                 dialect=dialect, column_keys=self.column_keys
             )
-            found = self._plans[key] = _Plan(compiled, dialect)
+            found = self._plans[key] = _Plan(self.statement, compiled, dialect)
         return found
 
 
@@ -179,13 +210,16 @@ def _forget_cursor(conn: Connection) -> None:
 
 def run(conn: Connection, prepared: Prepared, params: Mapping[str, Any] | None = None) -> Rows:
     """Execute ``prepared`` in ``conn``'s transaction; every row is fetched at once."""
+    if not conn.in_transaction():
+        raise RuntimeError("run() needs a connection in a transaction (Database.transaction)")
     plan = prepared.plan(conn.dialect)
     given = params or {}
     cursor = None
     try:
         cursor = _cursor(conn)
         cursor.execute(plan.sql, plan.parameters(given))
-        raw = cursor.fetchall() if cursor.description is not None else []
+        description = cursor.description
+        raw = cursor.fetchall() if description is not None else []
         rowcount = cursor.rowcount
     except conn.dialect.loaded_dbapi.Error as exc:
         # SQLAlchemy closes the cursor of a failed statement: the next one opens another.
@@ -193,15 +227,15 @@ def run(conn: Connection, prepared: Prepared, params: Mapping[str, Any] | None =
         # Translated and re-raised as SQLAlchemy would; other errors (a value the driver
         # cannot convert, say) propagate unchanged, as they do from Connection.execute.
         conn._handle_dbapi_exception(exc, plan.sql, given, cursor, None)
-    if plan.row_type is None:
+    if description is None:
         return Rows(raw, rowcount)
-    make = plan.row_type._make
-    if not plan.columns:
+    make = (plan.row_type or plan.make_row_type(description))._make
+    if not plan.column_processors:
         return Rows([make(row) for row in raw], rowcount)
     rows = []
     for row in raw:
         values = list(row)
-        for index, process in plan.columns:
+        for index, process in plan.column_processors:
             values[index] = process(values[index])
         rows.append(make(values))
     return Rows(rows, rowcount)
