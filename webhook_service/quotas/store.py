@@ -5,15 +5,14 @@ Stripe subscription), ``scan_spends``, ``tenant_changes`` (the history) and
 ``deleted_customers``. Every function works in the caller's transaction and returns
 plain values: rows, :class:`Subscription` records, ids, counts.
 
-Query style, one for all: SQLAlchemy Core statements run with ``Connection.execute``.
-Every statement but the sync's is built once, at import, its SQL fixed: its values are
-bind parameters named ``b_*`` (``b_<column>`` for a value written to a column), and
-INSERT and UPDATE statements name every column they set. They all run through
-:func:`_execute`, and their results are read only with what a ``CursorResult`` and
-``webhook_service.sql.run``'s rows both offer, so running them as
-``webhook_service.sql.Prepared`` statements instead is a change to :func:`_execute`
-alone. The sync's bulk statements (``IN`` lists, arrays, ``executemany`` of any
-length) are built per call and run with ``Connection.execute`` directly.
+Query style, one for all: SQLAlchemy Core statements. Every statement but the sync's is
+built once, at import, its SQL fixed: its values are bind parameters named ``b_*``
+(``b_<column>`` for a value written to a column), and INSERT and UPDATE statements name
+every column they set. They all run through :func:`_execute` as
+:class:`webhook_service.sql.Prepared` statements, compiled once per dialect
+(``Connection.execute`` of the same statements costs measurably more CPU per request:
+``bench/ANALYSIS.md``). The sync's bulk statements (``IN`` lists, arrays, ``executemany`` of any
+length) are built per call and run with ``Connection.execute``.
 
 Concurrency (PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` serialises writers already). A
 Stripe customer's first events arrive within milliseconds on different workers, so
@@ -43,8 +42,9 @@ from sqlalchemy import (
     BindParameter,
     Column,
     Connection,
-    CursorResult,
     Executable,
+    Insert,
+    Update,
     any_,
     bindparam,
     delete,
@@ -69,6 +69,7 @@ from webhook_service.models import (
 )
 from webhook_service.quotas.decisions import CustomerMove
 from webhook_service.quotas.entitlements import Entitlement, Subscription
+from webhook_service.sql import Prepared, Rows, run
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -76,13 +77,23 @@ T = TypeVar("T")
 
 def _execute(
     conn: Connection, statement: Executable, params: Mapping[str, Any] | None = None
-) -> CursorResult[Any]:
-    """Run a statement built at import in the caller's transaction.
+) -> Rows:
+    """Run a statement built at import in the caller's transaction, as a
+    :class:`~webhook_service.sql.Prepared` statement (compiled once per dialect).
 
     Its result is read with ``all``, ``first``, ``one``, ``one_or_none``, ``scalar_one``
     or ``scalar_one_or_none`` only, and its rows by attribute or position.
     """
-    return conn.execute(statement, params)
+    prepared = _PREPARED.get(id(statement))
+    if prepared is None or prepared.statement is not statement:
+        # INSERT and UPDATE name every column they set: compile no other column.
+        keys = () if isinstance(statement, (Insert, Update)) else None
+        prepared = _PREPARED[id(statement)] = Prepared(statement, column_keys=keys)
+    return run(conn, prepared, params)
+
+
+# Keyed by the statement's id; the entry holds the statement, so the id stays its own.
+_PREPARED: dict[int, Prepared] = {}
 
 
 def _param(column: Column[Any]) -> BindParameter[Any]:
