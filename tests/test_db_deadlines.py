@@ -1,4 +1,4 @@
-"""Every wait for PostgreSQL has a deadline; Database.dispose closes the kept connection."""
+"""Every wait for PostgreSQL has a deadline; Database.dispose closes its connections."""
 
 from __future__ import annotations
 
@@ -30,11 +30,11 @@ def _backend_alive(database: Database, pid: int) -> bool:
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_dispose_closes_the_kept_connection(database: Database) -> None:
+def test_dispose_closes_the_connections(database: Database) -> None:
     own = Database(database.url)
     with own.transaction() as conn:
         pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
-    own.dispose()  # the connection was kept for the next transaction, out of the pool
+    own.dispose()  # the connection went back to the pool after its transaction
     assert wait_for(lambda: not _backend_alive(database, pid), timeout=5)
 
 
@@ -92,8 +92,8 @@ def test_a_deadline_passing_after_commit_drops_the_connection(
             first_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
             armed.append(conn.connection.driver_connection)
         assert not armed  # the sabotage ran
-        # Kept for the next transaction, or back in the pool, it would fail on its
-        # shut socket; it was dropped instead, and a new connection serves.
+        # Back in the pool, it would fail on its shut socket; it was dropped instead,
+        # and a new connection serves.
         with own.transaction() as conn:
             assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != first_pid
         assert wait_for(lambda: not _backend_alive(database, first_pid), timeout=5)

@@ -20,8 +20,7 @@ from werkzeug.test import TestResponse
 
 from tests import stripe_events as se
 from tests.helpers import wait_for
-from webhook_service import checkpoint, db
-from webhook_service.db import Database
+from webhook_service.db import Database, checkpoint, engine
 from webhook_service.migrate import upgrade
 from webhook_service.models import stripe_events
 from webhook_service.sql import Prepared, run
@@ -128,13 +127,8 @@ def _terminate(database: Database, pid: int) -> None:
 def test_an_idle_connection_lost_meanwhile_is_replaced(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A connection killed while idle is pinged, found dead and replaced: no error.
-
-    Idle long enough, the connection Database kept for the next transaction goes back
-    to the pool as idle since its release, and the pool's checkout pings it.
-    """
-    monkeypatch.setattr(db, "PG_PING_AFTER_IDLE_S", 0.2)
-    monkeypatch.setattr(db, "KEEP_CONNECTION_S", 0.1)
+    """A connection killed while idle is pinged, found dead and replaced: no error."""
+    monkeypatch.setattr(engine, "PG_PING_AFTER_IDLE_S", 0.2)
     pid = _backend_pid(database)
     _terminate(database, pid)
     time.sleep(0.3)
@@ -146,8 +140,7 @@ def test_a_connection_in_steady_use_is_not_pinged(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Within the idle threshold no ping runs: a connection lost meanwhile fails once."""
-    monkeypatch.setattr(db, "PG_PING_AFTER_IDLE_S", 3600.0)
-    monkeypatch.setattr(db, "KEEP_CONNECTION_S", 0.0)
+    monkeypatch.setattr(engine, "PG_PING_AFTER_IDLE_S", 3600.0)
     pid = _backend_pid(database)
     _terminate(database, pid)
     with pytest.raises(OperationalError):
@@ -156,16 +149,10 @@ def test_a_connection_in_steady_use_is_not_pinged(
     assert _backend_pid(database) != pid
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_the_kept_connection_serves_the_next_transaction(database: Database) -> None:
-    """Back to back, transactions share one connection (no pool checkout in between)."""
-    with database.transaction() as first:
-        pass
-    with database.transaction(write=True) as second:
-        pass
-    assert second is first
+def test_two_open_transactions_never_share_a_connection(database: Database) -> None:
     with database.transaction() as outer, database.transaction() as inner:
-        assert inner is not outer  # never one connection for two open transactions
+        assert inner is not outer
+        assert inner.connection.driver_connection is not outer.connection.driver_connection
 
 
 def test_a_failed_transaction_gives_its_connection_back(database: Database) -> None:
@@ -180,7 +167,7 @@ def test_a_delivery_survives_a_connection_lost_in_steady_use(
     app: Flask, post_event: Callable[..., TestResponse], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Killed between two deliveries (no ping): the event log retries on a new connection."""
-    monkeypatch.setattr(db, "PG_PING_AFTER_IDLE_S", 3600.0)
+    monkeypatch.setattr(engine, "PG_PING_AFTER_IDLE_S", 3600.0)
     service_db: Database = app.extensions["nat"].database
     pid = _backend_pid(service_db)  # the connection the service keeps for its next use
     _terminate(service_db, pid)

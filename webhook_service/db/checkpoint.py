@@ -1,19 +1,23 @@
 """SQLite WAL checkpoints in a background thread, off the request path.
 
 In WAL mode a commit appends pages to the ``-wal`` file; a *checkpoint* copies them back
-into the database file and syncs it to disk. By default the commit that takes the WAL
-past 1000 pages runs that checkpoint itself, while the worker sits idle waiting for the
-disk. Measured here with ``python -m bench.sqlite_commit`` (7 kB events): p99 4.2-6.1 ms and max
-18-20 ms per transaction with automatic checkpoints, against p99 0.17-1 ms without,
-and twice the wall time per transaction on average.
+into the database file and syncs it to disk. By default (``wal_autocheckpoint``, 1000
+pages) the commit that takes the WAL past that size runs the checkpoint itself, within
+its ``COMMIT``: that request waits for the copy and the disk syncs.
+``python -m bench.sqlite_commit`` shows what this costs one connection's transactions
+(p99 and maximum latency).
 
 :class:`Checkpointer` runs ``PRAGMA wal_checkpoint(PASSIVE)`` every
-``CHECKPOINT_INTERVAL_S`` on a connection of its own, in a daemon thread of each process
-that writes (each gunicorn worker). A passive checkpoint never blocks writers or readers
-and never waits for locks: what it cannot copy now it copies next time. Connections keep
-an automatic checkpoint at a much larger WAL size (``SAFETY_AUTOCHECKPOINT_PAGES``) as a
-safety net should the thread ever stop, and ``journal_size_limit`` shrinks the file
-after a burst.
+:data:`CHECKPOINT_INTERVAL_S` on a connection of its own, in a daemon thread of each
+process that writes (each gunicorn worker). A passive checkpoint holds no lock a writer
+needs and waits for none: it copies the frames that no open read transaction still
+needs, and what it cannot copy now it copies next time. So correctness is SQLite's
+own (the checkpoint is the same operation the committing request would run, in
+SQLite's least intrusive mode); the thread only moves it off the request. Connections
+keep an automatic checkpoint at a much larger WAL size (:data:`SAFETY_AUTOCHECKPOINT_PAGES`)
+as a safety net should the thread ever stop, and ``journal_size_limit`` shrinks the WAL
+file after a burst. Connections of a database without a file (``:memory:``, ``file:``
+URIs) have no thread and keep SQLite's default automatic checkpoint.
 """
 
 from __future__ import annotations
