@@ -122,9 +122,12 @@ def test_webhooks_during_a_large_sync_are_answered(
 ) -> None:
     """Answer 2xx, never 503, to events arriving while a 10,000-tenant sync runs.
 
-    On SQLite the sync holds the write lock, on PostgreSQL the lock on all customers: a
-    sync that held it past the 5 s busy (lock) timeout would make these events 503. The
-    events link some of the sync's own tenants to the customers the sync gives them.
+    On SQLite the sync holds the write lock, which writers wait for up to the 5 s busy
+    timeout; on PostgreSQL the lock on all customers, which events wait for up to
+    ``ALL_CUSTOMERS_WAIT_S`` (in attempts of the 2 s lock_timeout; see
+    tests/test_sync_lock_wait.py). A sync that held it longer would make these events
+    503. The events link some of the sync's own tenants to the customers the sync gives
+    them.
     """
     keys = {f"tnt_busy_{i:05d}": [new_api_key() for _ in range(3)] for i in range(N)}
     outcomes: list[tuple[bool, int]] = []

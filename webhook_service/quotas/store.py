@@ -22,16 +22,18 @@ every write that can meet a concurrent copy is race-free by construction:
   the first one, then does nothing);
 * locks are taken in one global order: the event's own log row, then the customer
   (:func:`lock_customer`: a transaction-scoped advisory lock, after a shared lock on
-  every customer that a sync takes exclusively with :func:`lock_all_customers`), then
-  tenant rows (``FOR UPDATE``, sorted by id), then subscription rows. A transaction
-  that links, unlinks or mirrors anything of a customer, or records its deletion,
-  holds that customer's lock first, so the link of a customer cannot change under it,
-  and the entitlement read before and after a change is not moved by another event.
+  every customer that a sync takes exclusively with :func:`lock_all_customers`, both
+  waited for up to :data:`ALL_CUSTOMERS_WAIT_S`), then tenant rows (``FOR UPDATE``,
+  sorted by id), then subscription rows. A transaction that links, unlinks or mirrors
+  anything of a customer, or records its deletion, holds that customer's lock first,
+  so the link of a customer cannot change under it, and the entitlement read before
+  and after a change is not moved by another event.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -58,6 +60,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import OperationalError
 
 from webhook_service.models import (
     api_keys,
@@ -112,13 +115,27 @@ def _by_dialect(build: Callable[[Any], Executable]) -> dict[str, Executable]:
 
 # ------------------------------------------------------------------------------- locks
 
+# How long a transaction keeps waiting for the lock on all customers, which a sync holds
+# for its whole transaction: the largest request holds it for seconds, several times the
+# server's lock_timeout on a busy machine (README, "Tenant sync"). The wait is made of
+# attempts, each one statement bounded like any other (the server's lock_timeout, then
+# statement_timeout and the answer deadline: a server that stops answering still fails
+# the attempt under way), in a savepoint, so that an attempt that times out leaves the
+# transaction usable. A new attempt starts only while this budget lasts: the whole wait
+# ends within it plus one lock_timeout, then fails like any lock wait (503).
+ALL_CUSTOMERS_WAIT_S = 10.0
+# PostgreSQL's lock_not_available: a lock wait that reached lock_timeout.
+_LOCK_NOT_AVAILABLE = "55P03"
+
+# One statement in the usual case (no sync running): the shared lock on all customers
+# if it is free (the subquery runs first, so the order is fixed), then, only if it was
+# taken, the customer's lock. Not taken: :func:`lock_customer` waits for it first.
 _LOCK_CUSTOMER = text(
-    # The customer's lock, taken after the shared lock on all customers (the subquery
-    # runs first, so the order is fixed); a sync takes the lock on all customers
-    # exclusively.
-    "SELECT pg_advisory_xact_lock(:b_customer_key) FROM "
-    "(SELECT pg_advisory_xact_lock_shared(:b_all_key) OFFSET 0) AS all_customers_first"
+    "SELECT got, CASE WHEN got THEN pg_advisory_xact_lock(:b_customer_key) END FROM "
+    "(SELECT pg_try_advisory_xact_lock_shared(:b_all_key) AS got OFFSET 0) AS all_customers_first"
 )
+_LOCK_ONE_CUSTOMER = text("SELECT pg_advisory_xact_lock(:b_customer_key)")
+_LOCK_ALL_CUSTOMERS_SHARED = text("SELECT pg_advisory_xact_lock_shared(:b_all_key)")
 _LOCK_ALL_CUSTOMERS = text("SELECT pg_advisory_xact_lock(:b_all_key)")
 
 
@@ -130,27 +147,48 @@ def advisory_key(name: str) -> int:
 ALL_CUSTOMERS_KEY = advisory_key("nat:all-customers")
 
 
+def _wait_for_all_customers(conn: Connection, statement: Executable) -> None:
+    """Take the lock on all customers with ``statement`` (shared or exclusive), waiting
+    for whoever holds it for up to :data:`ALL_CUSTOMERS_WAIT_S` (see there)."""
+    started = time.monotonic()
+    while True:
+        try:
+            with conn.begin_nested():
+                _execute(conn, statement, {"b_all_key": ALL_CUSTOMERS_KEY})
+            return
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            waited = time.monotonic() - started
+            if waited >= ALL_CUSTOMERS_WAIT_S:
+                log.warning("all_customers_lock_wait_exhausted", waited_s=round(waited, 2))
+                raise
+
+
 def lock_customer(conn: Connection, customer_id: str | None) -> None:
     """Hold ``customer_id``'s lock until the transaction ends (PostgreSQL; SQLite: no-op).
 
     Taken before any tenant or subscription row, by every transaction that links,
-    unlinks or mirrors something of that customer.
+    unlinks or mirrors something of that customer, after the shared lock on all
+    customers: while a sync holds that one, this waits for the sync to end (up to
+    :data:`ALL_CUSTOMERS_WAIT_S`, longer than the server's lock_timeout).
     """
-    if customer_id and conn.dialect.name == "postgresql":
-        _execute(
-            conn,
-            _LOCK_CUSTOMER,
-            {
-                "b_customer_key": advisory_key("nat:customer:" + customer_id),
-                "b_all_key": ALL_CUSTOMERS_KEY,
-            },
-        )
+    if not customer_id or conn.dialect.name != "postgresql":
+        return
+    customer_key = advisory_key("nat:customer:" + customer_id)
+    got = _execute(
+        conn, _LOCK_CUSTOMER, {"b_customer_key": customer_key, "b_all_key": ALL_CUSTOMERS_KEY}
+    ).scalar_one()
+    if not got:  # a sync holds it, or waits for it: wait in turn, then lock the customer
+        _wait_for_all_customers(conn, _LOCK_ALL_CUSTOMERS_SHARED)
+        _execute(conn, _LOCK_ONE_CUSTOMER, {"b_customer_key": customer_key})
 
 
 def lock_all_customers(conn: Connection) -> None:
-    """Hold every customer's lock (a sync, the CLI): waits for events in progress."""
+    """Hold every customer's lock (a sync, the CLI): waits for events in progress, and
+    for another sync, up to :data:`ALL_CUSTOMERS_WAIT_S`."""
     if conn.dialect.name == "postgresql":
-        _execute(conn, _LOCK_ALL_CUSTOMERS, {"b_all_key": ALL_CUSTOMERS_KEY})
+        _wait_for_all_customers(conn, _LOCK_ALL_CUSTOMERS)
 
 
 # ----------------------------------------------------------------------------- tenants
@@ -533,6 +571,11 @@ def history(conn: Connection, tenant_id: str) -> Sequence[Any]:
 # Values per IN list: below SQLite's smallest variable limit (999 before 3.32) and far
 # below PostgreSQL's 65,535 parameters per statement.
 IN_CHUNK = 900
+# Values per array (PostgreSQL): one statement of the largest sync does a fraction of its
+# work (30,000 keys are six inserts), so that each one, from the driver's adaptation of
+# its arrays to the server's answer, stays well within the request path's deadlines
+# (statement_timeout, the answer deadline) on a busy machine.
+ARRAY_CHUNK = 5_000
 
 
 def chunks(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
@@ -541,13 +584,13 @@ def chunks(values: Sequence[T], size: int = IN_CHUNK) -> Iterator[Sequence[T]]:
 
 
 def _among(conn: Connection, column: Any, values: Iterable[str]) -> Iterator[Any]:
-    """Conditions ``column IN values``: PostgreSQL takes them as one array parameter
-    (``= ANY``), SQLite as ``IN`` lists of at most :data:`IN_CHUNK` values."""
+    """Conditions ``column IN values``: PostgreSQL takes them as array parameters
+    (``= ANY``) of at most :data:`ARRAY_CHUNK` values, SQLite as ``IN`` lists of at most
+    :data:`IN_CHUNK` values."""
     ordered = sorted(set(values))
-    if not ordered:
-        return
     if conn.dialect.name == "postgresql":
-        yield column == any_(bindparam(None, ordered, type_=ARRAY(column.type), unique=True))
+        for part in chunks(ordered, ARRAY_CHUNK):
+            yield column == any_(bindparam(None, part, type_=ARRAY(column.type), unique=True))
         return
     for part in chunks(ordered):
         yield column.in_(part)
@@ -569,41 +612,50 @@ def _insert_rows(
 ) -> None:
     """Insert ``rows`` (dicts of the same keys) in as few statements as each engine likes.
 
-    PostgreSQL: one ``INSERT ... SELECT * FROM unnest(<one array per column>)``, a
-    single statement with one parameter per column whatever the number of rows.
+    PostgreSQL: ``INSERT ... SELECT * FROM unnest(<one array per column>)``, one
+    statement per :data:`ARRAY_CHUNK` rows, with one parameter per column.
     SQLite: the driver's ``executemany`` (:func:`_execute_many`). ``on_conflict`` adds
     an ``ON CONFLICT`` clause to the dialect's insert.
     """
     if not rows:
         return
-    keys = list(rows[0])
     if conn.dialect.name == "postgresql":
-        # A value the same in every row (the sync's time, a source) is one parameter.
-        first = rows[0]
-        shared = [k for k in keys[1:] if all(row[k] is first[k] for row in rows)]
-        varying = [k for k in keys if k not in shared]  # the first key at least
-        source = (
-            func.unnest(
-                *(
-                    bindparam(
-                        f"u_{key}", [row[key] for row in rows], type_=ARRAY(table.c[key].type)
-                    )
-                    for key in varying
-                )
-            )
-            .table_valued(*varying)
-            .render_derived(name="rows")
-        )
-        columns = {k: source.c[k] for k in varying} | {
-            k: bindparam(f"s_{k}", first[k], type_=table.c[k].type) for k in shared
-        }
-        unnested = pg_insert(table).from_select(
-            keys, select(*(columns[k] for k in keys)).select_from(source)
-        )
-        conn.execute(on_conflict(unnested) if on_conflict is not None else unnested)
+        for part in chunks(rows, ARRAY_CHUNK):
+            _insert_unnested(conn, table, part, on_conflict)
         return
     statement = sqlite_insert(table)
     _execute_many(conn, on_conflict(statement) if on_conflict else statement, table, rows)
+
+
+def _insert_unnested(
+    conn: Connection,
+    table: Any,
+    rows: Sequence[dict[str, Any]],
+    on_conflict: Callable[[Any], Any] | None,
+) -> None:
+    """Insert ``rows`` in one ``INSERT ... SELECT * FROM unnest(...)`` (PostgreSQL)."""
+    keys = list(rows[0])
+    # A value the same in every row (the sync's time, a source) is one parameter.
+    first = rows[0]
+    shared = [k for k in keys[1:] if all(row[k] is first[k] for row in rows)]
+    varying = [k for k in keys if k not in shared]  # the first key at least
+    source = (
+        func.unnest(
+            *(
+                bindparam(f"u_{key}", [row[key] for row in rows], type_=ARRAY(table.c[key].type))
+                for key in varying
+            )
+        )
+        .table_valued(*varying)
+        .render_derived(name="rows")
+    )
+    columns = {k: source.c[k] for k in varying} | {
+        k: bindparam(f"s_{k}", first[k], type_=table.c[k].type) for k in shared
+    }
+    unnested = pg_insert(table).from_select(
+        keys, select(*(columns[k] for k in keys)).select_from(source)
+    )
+    conn.execute(on_conflict(unnested) if on_conflict is not None else unnested)
 
 
 def _execute_many(
