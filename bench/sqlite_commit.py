@@ -4,7 +4,7 @@ Each transaction logs one ~7 kB event the way the service does (insert, then upd
 outcome) into a table with the event log's indexes. With ``wal_autocheckpoint`` at
 SQLite's default (1000 pages) the commit that crosses it copies the WAL back into the
 database file and syncs it, inside the transaction; with 0 nothing in the loop does (the
-service runs checkpoints in a background thread, ``webhook_service/checkpoint.py``).
+service runs checkpoints in a background thread, ``webhook_service/db/checkpoint.py``).
 
     python -m bench.sqlite_commit [-n 3000] [--dir bench/out]
 """
