@@ -6,6 +6,7 @@ lives here (importing ``tests.conftest`` is banned by ruff's ``TID251``).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import secrets
 import time
@@ -289,3 +290,21 @@ def failing_event(
         price_id=price_id,
         metadata=metadata,
     )
+
+
+def race_forked(worker: Callable[..., None], args: tuple[Any, ...], count: int) -> int:
+    """Fork ``count`` processes running ``worker(*args, start, errors)`` at once (a
+    barrier starts them together; each puts its number of failures on ``errors``) and
+    return the failures of all of them."""
+    context = multiprocessing.get_context("fork")
+    start = context.Barrier(count + 1)
+    errors = context.Queue()
+    processes = [context.Process(target=worker, args=(*args, start, errors)) for _ in range(count)]
+    for process in processes:
+        process.start()
+    start.wait(timeout=30)
+    failed = sum(errors.get(timeout=120) for _ in processes)
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0
+    return failed

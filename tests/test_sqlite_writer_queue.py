@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import multiprocessing
 import os
 import sqlite3
 import threading
@@ -24,6 +23,7 @@ from sqlalchemy import event, text
 from sqlalchemy.exc import OperationalError
 
 from tests import stripe_events as se
+from tests.helpers import race_forked
 from webhook_service.db import Database, engine
 from webhook_service.logging import configure_logging
 
@@ -70,21 +70,7 @@ def _write_many(database: Database, queued: bool, start: Any, errors: Any) -> No
 
 def race_processes(database: Database, *, queued: bool) -> int:
     """Run WRITERS forked processes writing at once; the number of "database is locked"."""
-    context = multiprocessing.get_context("fork")
-    start = context.Barrier(WRITERS + 1)
-    errors = context.Queue()
-    processes = [
-        context.Process(target=_write_many, args=(database, queued, start, errors))
-        for _ in range(WRITERS)
-    ]
-    for process in processes:
-        process.start()
-    start.wait(timeout=30)
-    failed = sum(errors.get(timeout=60) for _ in processes)
-    for process in processes:
-        process.join(timeout=30)
-        assert process.exitcode == 0
-    return failed
+    return race_forked(_write_many, (database, queued), WRITERS)
 
 
 def test_writers_of_two_processes_take_turns(tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ fails with "database is locked" (503) within the busy timeout, each on its own c
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sqlite3
 import threading
@@ -22,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from tests import stripe_events as se
+from tests.helpers import race_forked
 from webhook_service.db import Database, engine
 
 WRITERS = 2
@@ -61,21 +61,7 @@ def _write_many(database: Database, write: bool, start: Any, errors: Any) -> Non
 
 def race_processes(database: Database, *, write: bool) -> int:
     """Run WRITERS forked processes incrementing at once; the number that failed."""
-    context = multiprocessing.get_context("fork")
-    start = context.Barrier(WRITERS + 1)
-    errors = context.Queue()
-    processes = [
-        context.Process(target=_write_many, args=(database, write, start, errors))
-        for _ in range(WRITERS)
-    ]
-    for process in processes:
-        process.start()
-    start.wait(timeout=30)
-    failed = sum(errors.get(timeout=120) for _ in processes)
-    for process in processes:
-        process.join(timeout=30)
-        assert process.exitcode == 0
-    return failed
+    return race_forked(_write_many, (database, write), WRITERS)
 
 
 def test_writers_of_two_processes_all_get_through(tmp_path: Path) -> None:
