@@ -3,9 +3,9 @@
 In WAL mode a commit appends pages to the ``-wal`` file; a *checkpoint* copies them back
 into the database file and syncs it to disk. By default (``wal_autocheckpoint``, 1000
 pages) the commit that takes the WAL past that size runs the checkpoint itself, within
-its ``COMMIT``: that request waits for the copy and the disk syncs.
-``python -m bench.sqlite_commit`` shows what this costs one connection's transactions
-(p99 and maximum latency).
+its ``COMMIT``: that request waits for the copy and the disk syncs, and so do the
+writers queued behind it (:mod:`webhook_service.db.writer_queue`). That shows in the p99
+of write requests; ``python -m bench.sqlite_commit`` shows the cost for one connection.
 
 :class:`Checkpointer` runs ``PRAGMA wal_checkpoint(PASSIVE)`` every
 :data:`CHECKPOINT_INTERVAL_S` on a connection of its own, in a daemon thread of each

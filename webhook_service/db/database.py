@@ -39,8 +39,10 @@ class Database:
     queue and busy handler together, is bounded by
     :data:`~webhook_service.db.engine.SQLITE_BUSY_TIMEOUT_MS` from the moment the
     transaction was asked for; past it the transaction fails with "database is locked"
-    (answered 503). On PostgreSQL the same sequences lock the rows they depend on, and
-    every wait for the server's answer has a deadline.
+    (answered 503). The first write transaction of a process on a database file starts
+    that process's WAL checkpoint thread (:mod:`webhook_service.db.checkpoint`). On
+    PostgreSQL the same sequences lock the rows they depend on, and every wait for the
+    server's answer has a deadline.
 
     ``request_deadlines=False``: a database for batch jobs and migrations (the CLI's),
     without the serving path's statement_timeout and answer watchdog.

@@ -157,17 +157,14 @@ def _configure_sqlite(engine: Engine, *, background_checkpoints: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        statement = (
-            "BEGIN IMMEDIATE" if connection.get_execution_options().get("sqlite_write") else "BEGIN"
-        )
-        # Straight to the driver (Connection.exec_driver_sql costs several times more),
-        # with the error translation Connection.execute applies (a private method of
-        # SQLAlchemy's: the version is pinned below 2.2 in pyproject.toml): "database
-        # is locked" answers 503, and _on_error below runs for it.
-        try:
-            connection.connection.driver_connection.execute(statement)  # type: ignore[union-attr]
-        except sqlite3.Error as exc:
-            connection._handle_dbapi_exception(exc, statement, None, None, None)
+        # SQLAlchemy's documented recipe for pysqlite: emit BEGIN from the "begin"
+        # event. Through Connection.exec_driver_sql, so its errors are translated as
+        # every statement's are: "database is locked" answers 503, and _on_error below
+        # runs for it.
+        if connection.get_execution_options().get("sqlite_write"):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
 
     @event.listens_for(engine, "handle_error")
     def _on_error(context: ExceptionContext) -> None:

@@ -2,10 +2,12 @@
 
 Without it, a writer that finds SQLite's write lock taken sleeps in SQLite's busy
 handler (1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, 100 ms, then 100 ms at a time) and
-retries; the lock is held for well under a millisecond at a time, so a waiter mostly
-sleeps past the moment it was released, and one that keeps losing waits for seconds.
-With it, a writer first takes its turn (:meth:`WriterQueue.acquire`), then runs ``BEGIN
+retries; the lock is held for one short transaction at a time, so a waiter mostly
+sleeps past the moment it was released, and one that keeps losing waits for seconds:
+under concurrent writes the p99 of write requests is made of those sleeps. With it, a
+writer first takes its turn (:meth:`WriterQueue.acquire`), then runs ``BEGIN
 IMMEDIATE``, which then finds the lock free unless a writer outside the queue holds it.
+The polling costs some CPU per write; the queue is kept for the lower tail latency.
 
 Processes queue on an exclusive ``flock`` of ``<database>-writer.lock``; threads of one
 process first on a :class:`threading.Lock` (an ``flock`` belongs to an open file
@@ -20,9 +22,12 @@ deadline it raises the error SQLite's own busy timeout raises, "database is lock
 Correctness does not rest on the queue: SQLite's lock and ``BEGIN IMMEDIATE`` still
 serialise writers, so a writer that goes unqueued (the lock file cannot be opened, say
 in a read-only directory: one warning, and the file is tried again a minute later) or
-that is not ours is merely slower. Neither lock is fair: a thread that releases and asks
-again at once may be served before one that was waiting, so under CPU starvation one
-writer can wait longer than the others, up to its deadline.
+that is not ours is merely slower. A writer leaves the queue once its ``COMMIT`` has
+returned, so a commit that runs a WAL checkpoint itself holds the queue while it does
+(one reason checkpoints run in a thread: :mod:`webhook_service.db.checkpoint`). Neither
+lock is fair: a thread that releases and asks again at once may be served before one
+that was already waiting, so under CPU starvation one writer can wait longer than the
+others, up to its deadline, and then fails as above.
 
 One queue per database file and process (:func:`writer_queue`), shared by the
 process's :class:`~webhook_service.db.Database` objects; a forked child opens the lock
